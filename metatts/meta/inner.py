@@ -1,0 +1,150 @@
+"""The inner loop: a few optimizer steps on a task's support set.
+
+One implementation serves meta-training (MAML differentiates through it,
+Reptile and iMAML run it without a tape) and test-time adaptation
+(:func:`adapt`), so what is meta-learned is exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metatts.meta import base
+from metatts.types import LossFn, Params, PyTree
+
+
+class InnerResult(NamedTuple):
+  params: Params  # adapted parameters (full tree)
+  support_losses: jax.Array  # float32 [num_steps]  support loss before each step
+  query_losses: Optional[jax.Array]  # float32 [num_steps]  query loss after each step
+
+
+def _step_lrs(lrs: Optional[Sequence[jax.Array]], num_steps: int,
+              per_step: bool):
+  """Learning rates to feed the scan: per-step slices or a constant."""
+  if lrs is None or not per_step:
+    return None
+  trained = lrs[0].shape[0]
+  # Beyond the trained number of steps, keep using the last step's rates.
+  idx = np.minimum(np.arange(num_steps), trained - 1)
+  return [jnp.take(lr, idx, axis=0) for lr in lrs]
+
+
+def inner_loop(
+    loss: Callable,
+    partition: base.Partition,
+    params: Params,
+    support: PyTree,
+    inner_optimizer: optax.GradientTransformation,
+    num_steps: int,
+    *,
+    lrs: Optional[Sequence[jax.Array]] = None,
+    per_step_lrs: bool = False,
+    first_order: bool = False,
+    remat: bool = False,
+    reg_fn: Optional[Callable] = None,
+    query: Optional[PyTree] = None,
+) -> InnerResult:
+  """Runs ``num_steps`` inner-optimizer steps on ``support`` with ``lax.scan``.
+
+  Args:
+    loss: ``loss(params, batch) -> (scalar, aux)`` (already checked/cast).
+    partition: which leaves are adapted; the rest stay fixed in the loop.
+    params: starting parameters.
+    support: the support batch of one task (no task axis).
+    inner_optimizer: any optax transformation; its update is applied as is,
+      or multiplied elementwise by ``lrs`` when given (Meta-SGD, MAML++).
+    num_steps: number of inner steps (static).
+    lrs: optional learned learning rates, one array per adapted leaf: of the
+      leaf's shape (per parameter), ``()`` (per layer), or with a leading
+      step axis when ``per_step_lrs``.
+    per_step_lrs: whether ``lrs`` carry a leading step axis.
+    first_order: stop gradients through the inner gradients (FOMAML); the
+      learned ``lrs`` still receive gradients.
+    remat: rematerialize each inner step in the backward pass
+      (``jax.checkpoint``): memory then grows with the number of steps by one
+      set of adapted parameters per step rather than all activations.
+    reg_fn: optional extra term ``reg_fn(adapted_leaves) -> scalar`` added to
+      the support loss (iMAML's proximal term).
+    query: optional query batch; if given, the query loss after every step is
+      returned (MAML++ multi-step loss).
+
+  Returns:
+    An :class:`InnerResult`.
+  """
+  adapted0, frozen = partition.split(params)
+  opt_state0 = inner_optimizer.init(adapted0)
+
+  def support_loss(adapted):
+    value, _ = loss(partition.combine(adapted, frozen), support)
+    if reg_fn is not None:
+      value = value + reg_fn(adapted)
+    return value
+
+  def one_step(carry, step_lrs):
+    adapted, opt_state = carry
+    value, grads = jax.value_and_grad(support_loss)(adapted)
+    if first_order:
+      grads = jax.lax.stop_gradient(grads)
+    updates, opt_state = inner_optimizer.update(grads, opt_state, adapted)
+    if first_order:
+      updates = jax.lax.stop_gradient(updates)
+    rates = step_lrs if per_step_lrs else lrs
+    if rates is not None:
+      updates = [u * r.astype(u.dtype) for u, r in zip(updates, rates)]
+    adapted = optax.apply_updates(adapted, updates)
+    outs = (value,)
+    if query is not None:
+      q, _ = loss(partition.combine(adapted, frozen), query)
+      outs = outs + (q,)
+    return (adapted, opt_state), outs
+
+  if remat:
+    one_step = jax.checkpoint(one_step)
+  xs = _step_lrs(lrs, num_steps, per_step_lrs)
+  (adapted, _), outs = jax.lax.scan(
+      one_step, (adapted0, opt_state0), xs, length=num_steps)
+  query_losses = outs[1] if query is not None else None
+  return InnerResult(partition.combine(adapted, frozen), outs[0], query_losses)
+
+
+def adapt(
+    params: Params,
+    support: PyTree,
+    loss_fn: LossFn,
+    *,
+    inner_optimizer: optax.GradientTransformation,
+    num_steps: int,
+    filter: base.Filter = None,
+    compute_dtype=None,
+    lrs: Optional[Sequence[jax.Array]] = None,
+    per_step_lrs: bool = False,
+):
+  """Few-shot adaptation at test time, with the meta-learners' inner loop.
+
+  Args:
+    params: the starting parameters (e.g. a meta-learned initialization).
+    support: the new task's support batch, without a task axis.
+    loss_fn: ``loss_fn(params, batch) -> (loss, aux)``.
+    inner_optimizer: any optax transformation (e.g. ``optax.sgd(0.01)``).
+    num_steps: number of gradient steps (static under jit).
+    filter: which parameters adapt (see :func:`metatts.meta.base.resolve_filter`).
+    compute_dtype: optional compute dtype for mixed precision.
+    lrs, per_step_lrs: learned inner learning rates (Meta-SGD / MAML++).
+
+  Returns:
+    ``(adapted_params, losses)`` with ``losses`` float32[num_steps + 1]: the
+    support loss before each step and after the last one.
+  """
+  loss = base.checked_loss(loss_fn, compute_dtype)
+  partition = base.make_partition(params, filter)
+  result = inner_loop(loss, partition, params, support, inner_optimizer,
+                      num_steps, lrs=lrs, per_step_lrs=per_step_lrs)
+  final, _ = loss(result.params, support)
+  losses = jnp.concatenate([result.support_losses, final[None]])
+  return result.params, losses

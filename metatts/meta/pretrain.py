@@ -1,0 +1,81 @@
+"""Joint multi-task training: the transfer-learning baseline.
+
+Not a meta-learner: it minimizes the average loss over the support and query
+sets of all tasks at the current parameters (ordinary multi-speaker
+pre-training), then is fine-tuned at test time with the same :func:`adapt`
+as the meta-learners. Sharing the ``MetaLearner`` interface lets the same
+loop, checkpointing and evaluation serve the baseline and the methods it is
+compared against.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metatts.meta import base
+from metatts.meta.inner import adapt as _adapt
+
+
+def pretrain(
+    optimizer: Optional[optax.GradientTransformation] = None,
+    *,
+    inner_lr: float = 0.01,
+    inner_optimizer: Optional[optax.GradientTransformation] = None,
+    num_inner_steps: int = 1,
+    filter: base.Filter = None,
+    compute_dtype=None,
+) -> base.MetaLearner:
+  """Ordinary training on all tasks' data; fine-tuning at test time.
+
+  Args:
+    optimizer: training optimizer (default ``optax.adam(1e-3)``).
+    inner_lr, inner_optimizer, num_inner_steps, filter: the fine-tuning
+      protocol used by ``adapt`` (same meaning as for the meta-learners).
+    compute_dtype: optional mixed-precision compute dtype.
+
+  Returns:
+    A :class:`metatts.meta.MetaLearner`.
+  """
+  opt = optimizer if optimizer is not None else optax.adam(1e-3)
+  inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
+
+  def init(params):
+    params = base.copy_tree(params)  # the state owns its buffers (donation)
+    return base.MetaState(params=params, opt_state=opt.init((params, ())), extra=(),
+                          step=jnp.zeros((), jnp.int32),
+                          num_skipped=jnp.zeros((), jnp.int32))
+
+  def step(state, tasks, loss_fn):
+    base.check_tasks(tasks)
+    loss = base.checked_loss(loss_fn, compute_dtype)
+
+    def objective(params):
+      def per_task(support, query):
+        s = loss(params, support)[0]
+        q = loss(params, query)[0]
+        return 0.5 * (s + q), {"support_loss_before": s, "query_loss_before": q}
+      return base.task_mean(per_task, tasks.support, tasks.query)
+
+    (value, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    grads = (grads, ())
+
+    def apply():
+      updates, opt_state = opt.update(grads, state.opt_state, (state.params, ()))
+      params, _ = optax.apply_updates((state.params, ()), updates)
+      return params, opt_state, ()
+
+    new_state, skipped = base.guarded_update(state, grads, apply)
+    metrics = dict(metrics, loss=value, grad_norm=base.global_norm(grads),
+                   skipped=skipped)
+    return new_state, metrics
+
+  def adapt(state, support, loss_fn, num_steps=None):
+    return _adapt(state.params, support, loss_fn, inner_optimizer=inner,
+                  num_steps=num_inner_steps if num_steps is None else num_steps,
+                  filter=filter, compute_dtype=compute_dtype)
+
+  return base.MetaLearner(init, step, adapt)

@@ -1,0 +1,115 @@
+"""Reptile.
+
+Reference:
+  Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms.
+    arXiv:1803.02999, 2018.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metatts.meta import base
+from metatts.meta.inner import adapt as _adapt
+from metatts.meta.inner import inner_loop
+
+
+def reptile(
+    inner_lr: float = 0.01,
+    outer_optimizer: Optional[optax.GradientTransformation] = None,
+    num_inner_steps: int = 5,
+    *,
+    inner_optimizer: Optional[optax.GradientTransformation] = None,
+    filter: base.Filter = None,
+    compute_dtype=None,
+) -> base.MetaLearner:
+  """Reptile: move the initialization towards the task-adapted parameters.
+
+  Each task runs ``num_inner_steps`` inner steps on its support set, giving
+  ``φ_task``; the outer optimizer receives the pseudo-gradient
+  ``θ − mean_tasks(φ_task)``. With the default ``optax.sgd(epsilon)`` outer
+  optimizer this is exactly ``θ ← θ + ε·mean_tasks(φ_task − θ)``; any optax
+  transformation may be used instead (Nichol et al. use Adam in places).
+
+  Parameters excluded by ``filter`` do not move in the inner loop, so
+  ``φ − θ`` is zero for them; they are meta-trained instead with the task-mean
+  gradient of the query loss at ``φ_task`` (a first-order meta-gradient).
+
+  Args:
+    inner_lr: inner SGD learning rate (when ``inner_optimizer`` is None).
+    outer_optimizer: default ``optax.sgd(1.0)``, i.e. ε = 1 (full step to the
+      mean adapted parameters); pass ``optax.sgd(eps)`` for a smaller ε.
+    num_inner_steps: inner steps per task.
+    inner_optimizer: any optax transformation for the inner loop.
+    filter: which parameters the inner loop adapts.
+    compute_dtype: optional mixed-precision compute dtype.
+
+  Returns:
+    A :class:`metatts.meta.MetaLearner`.
+  """
+  if num_inner_steps < 1:
+    raise ValueError(f"num_inner_steps must be >= 1, got {num_inner_steps}.")
+  outer = outer_optimizer if outer_optimizer is not None else optax.sgd(1.0)
+  inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
+
+  def init(params):
+    params = base.copy_tree(params)  # the state owns its buffers (donation)
+    base.make_partition(params, filter)  # validates the filter early
+    return base.MetaState(params=params, opt_state=outer.init((params, ())),
+                          extra=(), step=jnp.zeros((), jnp.int32),
+                          num_skipped=jnp.zeros((), jnp.int32))
+
+  def step(state, tasks, loss_fn):
+    base.check_tasks(tasks)
+    loss = base.checked_loss(loss_fn, compute_dtype)
+    partition = base.make_partition(state.params, filter)
+    theta = jax.lax.stop_gradient(state.params)
+
+    def per_task(support, query):
+      result = inner_loop(loss, partition, theta, support, inner, num_inner_steps)
+      phi = jax.lax.stop_gradient(result.params)
+      q_before = loss(theta, query)[0]
+      if all(partition.mask):
+        q_after = loss(phi, query)[0]
+        frozen_grads = []
+      else:
+        def query_of_frozen(frozen):
+          adapted, _ = partition.split(phi)
+          return loss(partition.combine(adapted, frozen), query)[0]
+        q_after, frozen_grads = jax.value_and_grad(query_of_frozen)(
+            partition.split(phi)[1])
+      support_after = loss(phi, support)[0]
+      return phi, frozen_grads, {
+          "query_loss_before": q_before, "query_loss_after": q_after,
+          "support_loss_before": result.support_losses[0],
+          "support_loss_after": support_after}
+
+    mean_phi, frozen_grads, metrics = base.task_mean(
+        per_task, tasks.support, tasks.query)
+    # Pseudo-gradient: θ − φ̄ on adapted leaves, query gradient on the others.
+    diff = jax.tree.map(lambda t, p: t - p, theta, mean_phi)
+    adapted_diff, _ = partition.split(diff)
+    grads = (partition.combine(adapted_diff, frozen_grads), ())
+
+    def apply():
+      updates, opt_state = outer.update(grads, state.opt_state, (state.params, ()))
+      params, _ = optax.apply_updates((state.params, ()), updates)
+      return params, opt_state, ()
+
+    new_state, skipped = base.guarded_update(state, grads, apply)
+    metrics = dict(metrics)
+    metrics["loss"] = metrics["query_loss_after"]
+    metrics["grad_norm"] = base.global_norm(grads)
+    metrics["skipped"] = skipped
+    return new_state, metrics
+
+  def adapt(state, support, loss_fn, num_steps=None):
+    return _adapt(state.params, support, loss_fn, inner_optimizer=inner,
+                  num_steps=num_inner_steps if num_steps is None else num_steps,
+                  filter=filter, compute_dtype=compute_dtype)
+
+  return base.MetaLearner(init, step, adapt)
