@@ -1,0 +1,392 @@
+"""Small Flax NNX building blocks shared by the metatts task models.
+
+Everything here works on time-major-free ``[B, T, C]`` arrays with an optional
+``mask`` of shape ``[B, T]`` (1 = valid frame, 0 = padding). Masked layers
+never let padded positions influence valid ones, so a padded batch gives the
+same numbers as the unpadded examples one by one.
+
+Randomness (dropout) only comes in through explicit PRNG keys passed to
+``__call__``; no layer here owns an RNG stream, which keeps the models pure
+functions of ``(params, inputs, keys)`` once split by ``metatts.functional``.
+
+References:
+  Hochreiter & Schmidhuber (1997), Long short-term memory.
+  Shen et al. (2018), Natural TTS synthesis by conditioning WaveNet on mel
+    spectrogram predictions (Tacotron 2), arXiv:1712.05884.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Dtype = jnp.dtype
+
+_PADDINGS = ("same", "causal")
+
+
+def apply_mask(x: Array, mask: Optional[Array]) -> Array:
+  """Zeroes padded frames.
+
+  Args:
+    x: [B, T, C] features.
+    mask: [B, T] (bool or 0/1) or None (no-op).
+
+  Returns:
+    [B, T, C] with ``x[b, t] = 0`` wherever ``mask[b, t]`` is 0.
+  """
+  if mask is None:
+    return x
+  return x * mask[..., None].astype(x.dtype)
+
+
+def length_mask(lengths: Array, max_len: int) -> Array:
+  """Boolean mask ``[B, max_len]`` with ``mask[b, t] = t < lengths[b]``."""
+  return jnp.arange(max_len)[None, :] < lengths[:, None]
+
+
+def dropout(x: Array, rate: float, keys: Array) -> Array:
+  """Inverted dropout with one PRNG key per example.
+
+  Per-example keys make an utterance's noise independent of the batch it is
+  in (and of its position there), so the same seed gives the same numbers.
+
+  Args:
+    x: [B, ...] activations.
+    rate: drop probability in [0, 1).
+    keys: [B] typed PRNG keys (``jax.random.key``).
+
+  Returns:
+    [B, ...] activations with dropped units zeroed and the rest scaled by
+    ``1 / (1 - rate)``.
+  """
+  if rate <= 0.0:
+    return x
+  keep = 1.0 - rate
+  shape = x.shape[1:]
+  masks = jax.vmap(lambda k: jax.random.bernoulli(k, keep, shape))(keys)
+  return jnp.where(masks, x / keep, jnp.zeros_like(x)).astype(x.dtype)
+
+
+class Conv1D(nnx.Module):
+  """1-D convolution over ``[B, T, C]`` with 'same' or 'causal' padding.
+
+  'same' pads ``(k - 1) * d`` frames split evenly (left gets the floor) so the
+  output has the input length; 'causal' pads ``(k - 1) * d`` frames on the
+  left only, so output ``t`` depends on inputs ``<= t`` (van den Oord et al.
+  2016). With a ``mask``, padded inputs are zeroed before the convolution.
+  """
+
+  def __init__(self,
+               in_features: int,
+               out_features: int,
+               kernel_size: int,
+               *,
+               padding: str = "same",
+               dilation: int = 1,
+               use_bias: bool = True,
+               dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32,
+               kernel_init=nnx.initializers.lecun_normal(),
+               rngs: nnx.Rngs):
+    """Builds the convolution.
+
+    Args:
+      in_features: input channels C.
+      out_features: output channels.
+      kernel_size: taps k (>= 1).
+      padding: 'same' or 'causal'.
+      dilation: dilation d (>= 1).
+      use_bias: add a bias.
+      dtype: computation dtype (None = inferred from inputs/params).
+      param_dtype: parameter dtype.
+      kernel_init: kernel initializer.
+      rngs: parameter initialization keys.
+    """
+    if padding not in _PADDINGS:
+      raise ValueError(
+          f"Conv1D padding={padding!r} is not supported; use one of {_PADDINGS}.")
+    if kernel_size < 1 or dilation < 1:
+      raise ValueError(
+          f"Conv1D needs kernel_size >= 1 and dilation >= 1, got "
+          f"kernel_size={kernel_size}, dilation={dilation}.")
+    total = (kernel_size - 1) * dilation
+    if padding == "same":
+      pad = (total // 2, total - total // 2)
+    else:
+      pad = (total, 0)
+    self.kernel_size = kernel_size
+    self.dilation = dilation
+    self.padding = padding
+    self.conv = nnx.Conv(
+        in_features, out_features, kernel_size=(kernel_size,),
+        padding=(pad,), kernel_dilation=(dilation,), use_bias=use_bias,
+        dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
+        rngs=rngs)
+
+  def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+    """Applies the convolution.
+
+    Args:
+      x: [B, T, C_in].
+      mask: optional [B, T]; padded inputs are zeroed first.
+
+    Returns:
+      [B, T, C_out] (outputs at padded frames are NOT zeroed; mask them
+      yourself if they feed a later layer).
+    """
+    return self.conv(apply_mask(x, mask))
+
+
+class ConvNormBlock(nnx.Module):
+  """Conv1D -> LayerNorm over channels -> activation -> (dropout) -> mask.
+
+  LayerNorm (Ba et al. 2016) replaces the BatchNorm of Tacotron 2: its
+  statistics are per frame, so it needs no running averages (no mutable
+  state in a meta-learning inner loop, no train/eval switch) and it never
+  mixes padded frames, other utterances or other speakers (tasks) into an
+  utterance's normalization.
+  """
+
+  def __init__(self,
+               in_features: int,
+               out_features: int,
+               kernel_size: int,
+               *,
+               activation: Optional[str] = "relu",
+               padding: str = "same",
+               dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    """Builds the block.
+
+    Args:
+      in_features: input channels.
+      out_features: output channels.
+      kernel_size: convolution taps.
+      activation: 'relu', 'tanh' or None (identity).
+      padding: 'same' or 'causal'.
+      dtype: computation dtype.
+      param_dtype: parameter dtype.
+      rngs: initialization keys.
+    """
+    if activation not in ("relu", "tanh", None):
+      raise ValueError(
+          f"ConvNormBlock activation={activation!r}; use 'relu', 'tanh' or None.")
+    self.activation = activation
+    self.conv = Conv1D(in_features, out_features, kernel_size, padding=padding,
+                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = nnx.LayerNorm(out_features, dtype=jnp.float32,
+                              param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: Array, mask: Optional[Array] = None,
+               dropout_rate: float = 0.0,
+               keys: Optional[Array] = None) -> Array:
+    """Applies the block.
+
+    Args:
+      x: [B, T, C_in].
+      mask: optional [B, T].
+      dropout_rate: dropout probability (applied only when ``keys`` given).
+      keys: optional [B] PRNG keys for dropout.
+
+    Returns:
+      [B, T, C_out], zero at padded frames.
+    """
+    y = self.conv(x, mask)
+    y = self.norm(y.astype(jnp.float32)).astype(y.dtype)
+    if self.activation == "relu":
+      y = jax.nn.relu(y)
+    elif self.activation == "tanh":
+      y = jnp.tanh(y)
+    if keys is not None:
+      y = dropout(y, dropout_rate, keys)
+    return apply_mask(y, mask)
+
+
+class LSTMCell(nnx.Module):
+  """LSTM cell with one fused ``[x, h] -> 4H`` projection.
+
+  Gates are computed in float32 even when the matmul runs in a lower
+  precision ``dtype`` (bf16), which keeps the recurrence stable. The forget
+  gate bias starts at 1 (Jozefowicz et al. 2015).
+  """
+
+  def __init__(self, in_features: int, hidden_features: int, *,
+               dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    """Builds the cell.
+
+    Args:
+      in_features: input width D.
+      hidden_features: state width H.
+      dtype: matmul dtype.
+      param_dtype: parameter dtype.
+      rngs: initialization keys.
+    """
+    self.in_features = in_features
+    self.hidden_features = hidden_features
+    h = hidden_features
+
+    def bias_init(key, shape, dtype=jnp.float32):
+      del key
+      # gate order: input, forget, cell, output.
+      return jnp.zeros(shape, dtype).at[h:2 * h].set(1.0)
+
+    self.gates = nnx.Linear(in_features + hidden_features, 4 * h,
+                            dtype=dtype, param_dtype=param_dtype,
+                            bias_init=bias_init, rngs=rngs)
+
+  def initial_carry(self, batch_size: int) -> Tuple[Array, Array]:
+    """Zero state ``(h, c)``, each [B, H] float32."""
+    z = jnp.zeros((batch_size, self.hidden_features), jnp.float32)
+    return z, z
+
+  def __call__(self, carry: Tuple[Array, Array],
+               x: Array) -> Tuple[Tuple[Array, Array], Array]:
+    """One step.
+
+    Args:
+      carry: (h, c), each [B, H].
+      x: [B, D].
+
+    Returns:
+      ((h', c'), h'), each [B, H] float32.
+    """
+    h, c = carry
+    z = self.gates(jnp.concatenate([x, h.astype(x.dtype)], axis=-1))
+    z = z.astype(jnp.float32)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+
+def lstm_scan(cell: LSTMCell, xs: Array, mask: Optional[Array] = None, *,
+              reverse: bool = False,
+              initial_carry: Optional[Tuple[Array, Array]] = None
+              ) -> Tuple[Array, Tuple[Array, Array]]:
+  """Runs an LSTM over time with ``jax.lax.scan``, honouring a mask.
+
+  At padded steps the state is held and the output is zero. Running in
+  reverse over a right-padded sequence therefore starts from the initial
+  state at each example's last valid frame, which is what a bidirectional
+  encoder needs.
+
+  Args:
+    cell: the LSTM cell.
+    xs: [B, T, D] inputs.
+    mask: optional [B, T] validity mask.
+    reverse: scan from the last frame to the first.
+    initial_carry: optional (h, c), each [B, H]; zeros if None.
+
+  Returns:
+    (ys [B, T, H] float32, final carry (h, c)).
+  """
+  b, t, _ = xs.shape
+  if initial_carry is None:
+    initial_carry = cell.initial_carry(b)
+  if mask is None:
+    mask = jnp.ones((b, t), bool)
+  xs_t = jnp.swapaxes(xs, 0, 1)  # [T, B, D]
+  m_t = jnp.swapaxes(mask.astype(bool), 0, 1)  # [T, B]
+
+  def step(carry, inp):
+    x, m = inp
+    new_carry, y = cell(carry, x)
+    mm = m[:, None]
+    carry = jax.tree.map(lambda n, o: jnp.where(mm, n, o), new_carry, carry)
+    return carry, jnp.where(mm, y, 0.0)
+
+  carry, ys = jax.lax.scan(step, initial_carry, (xs_t, m_t), reverse=reverse)
+  return jnp.swapaxes(ys, 0, 1), carry
+
+
+class LSTM(nnx.Module):
+  """Unidirectional masked LSTM layer over ``[B, T, D]``."""
+
+  def __init__(self, in_features: int, hidden_features: int, *,
+               reverse: bool = False, dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    """Builds the layer (``reverse`` scans last-to-first)."""
+    self.reverse = reverse
+    self.cell = LSTMCell(in_features, hidden_features, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, xs: Array, mask: Optional[Array] = None) -> Array:
+    """Returns [B, T, H] outputs (zero at padded frames)."""
+    ys, _ = lstm_scan(self.cell, xs, mask, reverse=self.reverse)
+    return ys
+
+
+class BiLSTM(nnx.Module):
+  """Bidirectional masked LSTM: forward and backward outputs concatenated."""
+
+  def __init__(self, in_features: int, hidden_per_direction: int, *,
+               dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    """Builds both directions with ``hidden_per_direction`` units each."""
+    self.forward = LSTM(in_features, hidden_per_direction, dtype=dtype,
+                        param_dtype=param_dtype, rngs=rngs)
+    self.backward = LSTM(in_features, hidden_per_direction, reverse=True,
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, xs: Array, mask: Optional[Array] = None) -> Array:
+    """Returns [B, T, 2 * H] (zero at padded frames)."""
+    return jnp.concatenate([self.forward(xs, mask), self.backward(xs, mask)],
+                           axis=-1)
+
+
+class Prenet(nnx.Module):
+  """Stack of Linear -> ReLU -> dropout layers (Tacotron 2 decoder prenet).
+
+  Dropout is always applied, at training and at inference, as in Tacotron 2
+  (Shen et al. 2018, Sec. 2.3): it is the only source of output variation and
+  it keeps the autoregressive decoder from copying its previous frame. Keys
+  are explicit: one per example, folded with the layer index.
+  """
+
+  def __init__(self, in_features: int, sizes: Sequence[int], *,
+               dropout_rate: float = 0.5, dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    """Builds the prenet.
+
+    Args:
+      in_features: input width (mel bins).
+      sizes: widths of the hidden layers, e.g. (256, 256).
+      dropout_rate: dropout probability in [0, 1).
+      dtype: computation dtype.
+      param_dtype: parameter dtype.
+      rngs: initialization keys.
+    """
+    if not 0.0 <= dropout_rate < 1.0:
+      raise ValueError(
+          f"Prenet dropout_rate={dropout_rate} must lie in [0, 1).")
+    self.dropout_rate = dropout_rate
+    dims = [in_features] + list(sizes)
+    self.layers = nnx.List([
+        nnx.Linear(dims[i], dims[i + 1], dtype=dtype, param_dtype=param_dtype,
+                   rngs=rngs) for i in range(len(sizes))
+    ])
+    self.out_features = dims[-1]
+
+  def __call__(self, x: Array, keys: Array) -> Array:
+    """Applies the prenet.
+
+    Args:
+      x: [B, D] inputs.
+      keys: [B] PRNG keys (one per example) for this call.
+
+    Returns:
+      [B, sizes[-1]] activations.
+    """
+    for i, layer in enumerate(self.layers):
+      x = jax.nn.relu(layer(x))
+      layer_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
+      x = dropout(x, self.dropout_rate, layer_keys)
+    return x
