@@ -271,6 +271,11 @@ def normalize_text(text: str) -> str:
   Returns:
     Normalized text (possibly empty; ``text_to_ids`` rejects empty text).
   """
+  return _normalize(text)[0]
+
+
+def _normalize(text: str) -> Tuple[str, list]:
+  """``normalize_text`` plus the characters it dropped as unsupported."""
   text = unicodedata.normalize("NFKC", str(text))
   text = "".join(_TRANSLATE.get(c, c) for c in text)
   text = _NUMBER_ABBR.sub("number ", text)
@@ -281,13 +286,14 @@ def normalize_text(text: str) -> str:
   text = "".join(c for c in unicodedata.normalize("NFKD", text)
                  if not unicodedata.combining(c))
   text = text.lower()
+  dropped = sorted({c for c in text if c not in _KEEP and not c.isspace()})
   text = "".join(c if c in _KEEP else " " for c in text)
   text = re.sub(r"\s+([!',.:;?])", r"\1", text)  # no space before punct
   text = re.sub(r"([!,\-.:;?])[!,\-.:;?]+", r"\1", text)  # collapse runs
   text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)  # quotes, not apostr.
   text = re.sub(r"\s+", " ", text).strip()
   text = re.sub(r"^[!,\-.:;?\s]+", "", text)  # no leading punctuation
-  return text
+  return text, dropped
 
 
 # ---------------------------------------------------------------------------
@@ -376,14 +382,14 @@ def text_to_ids(text: str, symbols: Union[str, SymbolSet] = CHARACTERS,
     ValueError: the text is empty after normalization (names the text).
   """
   sset = symbol_set(symbols)
-  norm = normalize_text(text)
+  norm, dropped = _normalize(text)
   if not re.search(r"[a-z]", norm):
     raise ValueError(f"Text {text!r} is empty after normalization (no "
                      "letters or numbers to speak); fix or drop this "
                      "transcript.")
   units = phonemize(norm, normalize=False) if sset.name == "phonemes" else norm
   index = sset.index
-  ids, unknown = [], []
+  ids, unknown = [], list(dropped)
   for c in units:
     i = index.get(c)
     if i is None or i < 2:
