@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -127,6 +128,14 @@ def _voice(name: str) -> BaseVoice:
   return VOICES[name]
 
 
+@functools.lru_cache(maxsize=4)
+def _flite_voices(binary: str) -> frozenset[str]:
+  """Voices compiled into ``flite`` (``flite -lv``)."""
+  out = subprocess.run([binary, "-lv"], capture_output=True, text=True,
+                       timeout=30, check=False).stdout
+  return frozenset(out.split(":", 1)[-1].split())
+
+
 def synthesize_base(name: str, text: str, sample_rate: int = 16000,
                     timeout: float = 60.0) -> np.ndarray:
   """Reads ``text`` with base voice ``name``.
@@ -153,6 +162,11 @@ def synthesize_base(name: str, text: str, sample_rate: int = 16000,
     raise FileNotFoundError(
         f"Synthesizer binary {binary!r} (base voice {name!r}) is not "
         f"installed. Install it with: {apt_line([package, voice.package])}")
+  if voice.engine == "flite" and voice.voice not in _flite_voices(binary):
+    # flite silently falls back to its default voice for unknown names.
+    raise RuntimeError(
+        f"flite has no voice {voice.voice!r} (base voice {name!r}); install "
+        f"it with: {apt_line([voice.package])}")
   with tempfile.TemporaryDirectory(prefix="metatts-synth-") as tmp:
     txt = os.path.join(tmp, "in.txt")
     wav = os.path.join(tmp, "out.wav")
@@ -166,7 +180,9 @@ def synthesize_base(name: str, text: str, sample_rate: int = 16000,
       cmd = [binary, "-v", voice.voice, "-w", wav, "-f", txt]
     proc = subprocess.run(cmd, capture_output=True, timeout=timeout,
                           check=False)
-    if proc.returncode != 0 or not os.path.exists(wav):
+    # festival reports a missing voice on stderr with exit status 0.
+    siod_error = b"SIOD ERROR" in proc.stderr
+    if proc.returncode != 0 or siod_error or not os.path.exists(wav):
       err = proc.stderr.decode("utf-8", "replace").strip()[-300:]
       raise RuntimeError(
           f"{' '.join(cmd[:3])} failed (exit {proc.returncode}): {err}. "
