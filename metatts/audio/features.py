@@ -238,7 +238,8 @@ def mel_spectrogram(audio: jax.Array, config: MelConfig = MelConfig(),
 
   Args:
     audio: float ``[..., S]`` waveform in [-1, 1].
-    config: mel parameters.
+    config: mel parameters; a static Python value (close over it or mark it
+      static in ``jax.jit``), never a traced argument.
     center: see ``stft``.
 
   Returns:
