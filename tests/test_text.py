@@ -132,7 +132,7 @@ def test_phonemes_via_espeak():
     warnings.simplefilter("error")
     T.text_to_ids("The birch canoe slid on the smooth planks; thinking of "
                   "treasure, judge, church, bottle, button, water, nurse, "
-                  "father, thought, cure.", "phonemes")
+                  "father, thought, cure, croissant.", "phonemes")
 
 
 def test_missing_espeak_gives_apt_get_fix(monkeypatch):

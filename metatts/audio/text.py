@@ -43,7 +43,7 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # IPA characters espeak-ng (en-us) emits, plus close relatives so that other
 # English voices (en-gb) map too. One symbol per Unicode character.
 _IPA = ("aæɐɑɒbdðeəɚɛɜɝfɡhiɪjklmnŋoɔprɹɾstθuʊʌvwxzʒʃʔ"
-        "ˈˌːᵻɬʲ̩")
+        "ˈˌːᵻɬʲ\u0329\u0303")  # syllabic, nasalized (combining marks)
 
 
 class SymbolSet(NamedTuple):
@@ -324,6 +324,7 @@ def _espeak(chunk: str, voice: str) -> str:
     raise RuntimeError(f"espeak-ng failed on {chunk!r} (voice {voice}): "
                        f"{out.stderr.strip()}. Check `espeak-ng --voices`.")
   ipa = out.stdout.replace("\u200d", "").replace("\n", " ")
+  ipa = re.sub(r"\([a-z\-]+\)", "", ipa)  # language-switch flags "(fr)"
   return re.sub(r"\s+", " ", ipa).strip()
 
 
