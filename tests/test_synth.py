@@ -298,3 +298,25 @@ def test_foreign_output_folder_is_refused(tmp_path):
     synth.build_corpus(NANO, str(tmp_path), progress=False)
   assert (tmp_path / "my_thesis.tex").exists()
   assert synth.main(["--preset", "tiny", "--out", str(tmp_path)]) == 2
+
+
+@needs_synth
+def test_features_and_episode_sampler_on_the_corpus(micro, tmp_path):
+  corpora = pytest.importorskip("metatts.data.corpora")
+  features = pytest.importorskip("metatts.data.features")
+  from metatts.data import sampler as smp  # pylint: disable=g-import-not-at-top
+  root, m = micro
+  train = corpora.load_generic(root).split("train")
+  store = features.build_features(train, features.FeatureConfig(),
+                                  str(tmp_path / "feat"), progress=False)
+  by_spk = store.by_speaker()
+  assert set(by_spk) == {s for s, v in m["speakers"].items()
+                         if v["split"] == "train"}
+  s = smp.EpisodeSampler(by_spk, num_tasks=2, num_support=2, num_query=2,
+                         num_buckets=2, seed=0)
+  task = s.sample(np.random.default_rng(0))
+  assert task.support.mels.shape[:2] == (2, 2)
+  assert task.support.mels.shape[-1] == 80
+  # 1.5-6 s clips at a 12.5 ms hop.
+  assert 100 < task.support.mel_lengths.max() <= task.support.mels.shape[2]
+  assert (task.query.token_lengths > 10).all()
