@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import librosa
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 import pytest
 from flax import nnx
 from scipy.special import expit
@@ -39,11 +40,16 @@ def forward(model):
   return nnx.jit(lambda m, x, c: m(x, c))
 
 
+# One jitted loss shared by the tests (one compile per model structure).
+loss_jit = nnx.jit(wn.wavenet_loss)
+
+
 def test_output_shapes(model, mels, forward):
   out = forward(model, jnp.zeros((2, 100)), mels)
   assert out.shape == (2, 100, 256) and out.dtype == jnp.float32
   mol = wn.WaveNet(_cfg(output="mol", num_mixtures=3), rngs=nnx.Rngs(0))
-  assert mol(jnp.zeros((2, 100)), mels).shape == (2, 100, 9)
+  out = forward(mol, jnp.zeros((2, 100)), mels)
+  assert out.shape == (2, 100, 9)
 
 
 def test_causality_exact(model, mels, forward):
@@ -70,7 +76,8 @@ def test_receptive_field_closed_form(model, mels):
   cond = model.condition(mels)[:1]
   t = 80
   inputs = jax.random.normal(jax.random.key(4), (1, 100))
-  jac = jax.grad(lambda x: model.stack(x, cond, None)[0, t].sum())(inputs)
+  jac = nnx.jit(jax.grad(lambda x: model.stack(x, cond, None)[0, t].sum()))(
+      inputs)
   nz = np.nonzero(np.asarray(jac[0]))[0]
   # Output t depends on inputs t-R+1..t, i.e. on samples t-R..t-1.
   np.testing.assert_array_equal(nz, np.arange(t - r + 1, t + 1))
@@ -98,7 +105,7 @@ def test_mixture_of_logistics_sums_to_one(bins):
                       -0.2, 0.4, 0.97,  # means
                       -3.0, -6.5, -1.0])  # log-scales
   centers = jnp.linspace(-1.0, 1.0, bins)
-  logp = wn.discretized_mol_log_prob(
+  logp = jax.jit(wn.discretized_mol_log_prob, static_argnums=2)(
       jnp.broadcast_to(params, (bins, 3 * k)), centers, bins)
   assert abs(float(jax.nn.logsumexp(logp))) < 2e-4
   # Closed form in float64: masses are CDF differences at the bin edges.
@@ -122,7 +129,7 @@ def _batch(model, mels, audio, lengths):
 def test_padding_does_not_change_loss(model, mels):
   audio = 0.5 * jnp.sin(jnp.arange(100) * 0.3)[None].repeat(2, 0)
   lengths = jnp.array([100, 53])
-  loss_fn = nnx.jit(wn.wavenet_loss)
+  loss_fn = loss_jit
   l1, aux = loss_fn(model, _batch(model, mels, audio, lengths))
   # Garbage after sample 53 of row 1 (and in the mel frames starting there).
   audio2 = audio.at[1, 53:].set(0.9)
@@ -152,71 +159,82 @@ def test_fast_generation_equals_naive_mu_law_with_speaker_table(mels):
 
 
 def test_fast_generation_equals_naive_mixture_kernel3(mels):
-  m = wn.WaveNet(_cfg(output="mol", kernel_size=3, layers_per_stack=3),
+  m = wn.WaveNet(_cfg(output="mol", kernel_size=3, layers_per_stack=2),
                  rngs=nnx.Rngs(6))
   _check_fast_equals_naive(m, mels)
 
 
-def test_overfits_short_sine():
-  """0.05 s of a 400 Hz sine at 16 kHz: NLL falls far below log(256)."""
-  cfg = wn.wavenet_config("tiny", n_mels=N_MELS)  # hop 200 at 16 kHz
+@pytest.fixture(scope="module")
+def sine_training():
+  """Tiny WaveNet (hop 200 at 16 kHz), 0.05 s of a 400 Hz sine, Adam step.
+
+  The step is a plain ``jax.jit`` over the flattened parameter vector (the
+  ``metatts.functional`` style: ``nnx.split`` once, merge inside the loss),
+  with a trace counter to detect recompiles.
+  """
+  cfg = wn.wavenet_config("tiny", n_mels=N_MELS)
   model = wn.WaveNet(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  flat, unravel = ravel_pytree(params)
+  tx = optax.adam(1e-2)
+  traces = []
+
+  def loss_fn(flat, batch):
+    return wn.wavenet_loss(nnx.merge(graphdef, unravel(flat), rest), batch)
+
+  @jax.jit
+  def step(flat, opt_state, batch):
+    traces.append(1)  # runs only while tracing
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(flat,
+                                                                   batch)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(flat, updates), opt_state, loss, aux
+
   t = np.arange(800) / 16000.0
   audio = jnp.asarray(0.6 * np.sin(2 * np.pi * 400 * t), jnp.float32)[None]
   batch = VocoderBatch(mels=jnp.zeros((1, 4, N_MELS)), audio=audio,
                        audio_lengths=jnp.array([800]),
                        speaker_ids=jnp.zeros(1, jnp.int32))
-  opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, opt, batch):
-    (loss, _), grads = nnx.value_and_grad(wn.wavenet_loss, has_aux=True)(
-        model, batch)
-    opt.update(model, grads)
-    return loss
-
-  first = float(step(model, opt, batch))
-  for _ in range(200):
-    last = float(step(model, opt, batch))
-  assert first > 0.9 * math.log(256)
-  assert last < 0.4 * math.log(256), (first, last)
+  return step, flat, tx.init(flat), batch, traces
 
 
-def test_train_step_does_not_recompile(model, mels):
-  traces = []
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-  @jax.jit
-  def step(params, batch):
-    traces.append(1)
-
-    def f(p):
-      return wn.wavenet_loss(nnx.merge(graphdef, p, rest), batch)
-
-    (loss, _), grads = jax.value_and_grad(f, has_aux=True)(params)
-    return loss, jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads)
-
-  audio = 0.3 * jax.random.normal(jax.random.key(9), (2, 100))
-  batch = _batch(model, mels, audio, jnp.array([100, 80]))
-  _, params = step(params, batch)
-  batch2 = _batch(model, mels + 1.0, -audio, jnp.array([90, 100]))
-  loss, params = step(params, batch2)
-  assert len(traces) == 1 and np.isfinite(float(loss))
-  assert not nnx.state(model, lambda path, v: not isinstance(v, nnx.Param))
+def test_overfits_short_sine(sine_training):
+  """NLL of a periodic wave falls far below the uniform log(256)."""
+  step, flat, opt_state, batch, _ = sine_training
+  losses = []
+  for _ in range(60):
+    flat, opt_state, loss, _ = step(flat, opt_state, batch)
+    losses.append(float(loss))
+  assert losses[0] > 0.9 * math.log(256)
+  assert losses[-1] < 0.1 * math.log(256), losses[::10]
 
 
-def test_bfloat16_option_runs(mels):
+def test_train_step_does_not_recompile(sine_training, model):
+  step, flat, opt_state, batch, traces = sine_training
+  n = len(traces)
+  flat, opt_state, _, _ = step(flat, opt_state, batch)
+  assert len(traces) == max(n, 1)
+  # New values, same shapes: no new trace.
+  batch2 = batch._replace(audio=-batch.audio, mels=batch.mels + 1.0,
+                          audio_lengths=jnp.array([700]))
+  _, _, loss, aux = step(flat, opt_state, batch2)
+  assert len(traces) == max(n, 1) and np.isfinite(float(loss))
+  assert int(aux["num_samples"]) == 700
+  # The model keeps no state besides its Params (safe for functional.split).
+  assert not jax.tree.leaves(
+      nnx.state(model, lambda path, v: not isinstance(v, nnx.Param)))
+
+
+def test_bfloat16_option_runs(model, mels):
   m = wn.WaveNet(_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
   params = nnx.state(m, nnx.Param)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   out = m(jnp.zeros((2, 100)), mels)
   assert out.dtype == jnp.float32
   audio = 0.3 * jnp.sin(jnp.arange(100) * 0.2)[None].repeat(2, 0)
-  loss, _ = nnx.jit(wn.wavenet_loss)(m, _batch(m, mels, audio,
-                                               jnp.array([100, 100])))
-  f32 = wn.WaveNet(_cfg(), rngs=nnx.Rngs(0))
-  loss32, _ = wn.wavenet_loss(f32, _batch(f32, mels, audio,
-                                          jnp.array([100, 100])))
+  loss, _ = loss_jit(m, _batch(m, mels, audio, jnp.array([100, 100])))
+  loss32, _ = loss_jit(model, _batch(model, mels, audio,
+                                     jnp.array([100, 100])))
   assert np.isfinite(float(loss))
   assert abs(float(loss) - float(loss32)) < 0.1  # same params, bf16 compute
 

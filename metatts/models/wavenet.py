@@ -320,6 +320,61 @@ def discretized_mol_log_prob(params: Array, x: Array, bins: int) -> Array:
 # ----------------------------------------------------------------------------
 
 
+class NormalSource:
+  """Deterministic standard-normal numbers for parameter initialization.
+
+  All draws come from fixed-size blocks ``jax.random.normal(fold_in(key, i),
+  (65536,))`` consumed in order, so one seed gives the same parameters and
+  only one random-number program is ever compiled. (Initializing every
+  parameter shape with its own ``jax.random`` call compiles a new threefry
+  program per shape, which dominated model construction time on CPU.)
+
+  Args:
+    key: a PRNG key (e.g. ``rngs.params()``).
+  """
+
+  _BLOCK = 1 << 16
+
+  def __init__(self, key: Array):
+    self._key = key
+    self._buf = np.zeros((0,), np.float32)
+    self._blocks = 0
+
+  def normal(self, shape: Sequence[int], scale: float = 1.0) -> np.ndarray:
+    """Returns a float32 numpy array of ``N(0, scale**2)`` draws."""
+    n = int(np.prod(shape))
+    while self._buf.size < n:
+      block = jax.random.normal(jax.random.fold_in(self._key, self._blocks),
+                                (self._BLOCK,), jnp.float32)
+      self._blocks += 1
+      self._buf = np.concatenate([self._buf, np.asarray(block)])
+    out, self._buf = self._buf[:n], self._buf[n:]
+    return (out.reshape(tuple(shape)) * scale).astype(np.float32)
+
+  def lecun_normal(self):
+    """An ``nnx`` initializer ``(key, shape, dtype)`` drawing from here.
+
+    The scale is ``1 / sqrt(fan_in)`` with ``fan_in = prod(shape[:-1])``
+    (LeCun et al. 1998); the ``key`` argument is ignored.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+      del key
+      fan_in = max(int(np.prod(shape[:-1])), 1)
+      return jnp.asarray(self.normal(shape, 1.0 / math.sqrt(fan_in)), dtype)
+
+    return init
+
+  def standard_normal(self):
+    """An ``nnx`` initializer with unit scale (embedding tables)."""
+
+    def init(key, shape, dtype=jnp.float32):
+      del key
+      return jnp.asarray(self.normal(shape), dtype)
+
+    return init
+
+
 class CausalConv1d(nnx.Module):
   """Dilated causal 1-D convolution written as a sum of shifted matmuls.
 
@@ -329,15 +384,14 @@ class CausalConv1d(nnx.Module):
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int,
-               dilation: int, *, dtype, rngs: nnx.Rngs):
+               dilation: int, *, dtype, init: NormalSource):
     self.kernel_size = kernel_size
     self.dilation = dilation
     self.dtype = dtype
     # LeCun-normal over the fan-in of all taps.
-    self.kernel = nnx.Param(
-        jax.random.normal(rngs.params(),
-                          (kernel_size, in_features, out_features),
-                          jnp.float32) / math.sqrt(kernel_size * in_features))
+    self.kernel = nnx.Param(jnp.asarray(init.normal(
+        (kernel_size, in_features, out_features),
+        1.0 / math.sqrt(kernel_size * in_features))))
     self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
 
   def __call__(self, x: Array) -> Array:
@@ -369,23 +423,22 @@ class ResidualLayer(nnx.Module):
   """
 
   def __init__(self, config: WaveNetConfig, dilation: int, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, init: NormalSource):
     c = config
     dt = c.compute_dtype
+    kw = dict(dtype=dt, kernel_init=init.lecun_normal(), rngs=rngs)
     self.gate_channels = c.gate_channels
     self.conv = CausalConv1d(c.residual_channels, 2 * c.gate_channels,
-                             c.kernel_size, dilation, dtype=dt, rngs=rngs)
+                             c.kernel_size, dilation, dtype=dt, init=init)
     self.cond = nnx.Linear(c.cond_channels, 2 * c.gate_channels,
-                           use_bias=False, dtype=dt, rngs=rngs)
+                           use_bias=False, **kw)
     if c.speaker_source != "none":
       self.speaker = nnx.Linear(c.speaker_dim, 2 * c.gate_channels,
-                                use_bias=False, dtype=dt, rngs=rngs)
+                                use_bias=False, **kw)
     else:
       self.speaker = None
-    self.res = nnx.Linear(c.gate_channels, c.residual_channels, dtype=dt,
-                          rngs=rngs)
-    self.skip = nnx.Linear(c.gate_channels, c.skip_channels, dtype=dt,
-                           rngs=rngs)
+    self.res = nnx.Linear(c.gate_channels, c.residual_channels, **kw)
+    self.skip = nnx.Linear(c.gate_channels, c.skip_channels, **kw)
 
   def _finish(self, pre: Array, x: Array, c: Array,
               g: Optional[Array]) -> Tuple[Array, Array]:
@@ -419,19 +472,20 @@ class ConditionUpsampler(nnx.Module):
   (Shen et al. 2018).
   """
 
-  def __init__(self, config: WaveNetConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: WaveNetConfig, *, rngs: nnx.Rngs,
+               init: NormalSource):
     c = config
     dt = c.compute_dtype
     self.dtype = dt
     self.pre = nnx.Conv(c.n_mels, c.cond_channels, kernel_size=(3,),
-                        padding="SAME", dtype=dt, rngs=rngs)
+                        padding="SAME", dtype=dt,
+                        kernel_init=init.lecun_normal(), rngs=rngs)
     self.factors = tuple(c.upsample_factors)
     kernels, biases = [], []
     for f in self.factors:
-      kernels.append(nnx.Param(
-          jax.random.normal(rngs.params(), (f, c.cond_channels,
-                                            c.cond_channels), jnp.float32)
-          / math.sqrt(c.cond_channels)))
+      kernels.append(nnx.Param(jnp.asarray(init.normal(
+          (f, c.cond_channels, c.cond_channels),
+          1.0 / math.sqrt(c.cond_channels)))))
       biases.append(nnx.Param(jnp.zeros((f, c.cond_channels), jnp.float32)))
     self.up_kernels = nnx.List(kernels)
     self.up_biases = nnx.List(biases)
@@ -466,19 +520,21 @@ class WaveNet(nnx.Module):
     self.config = config
     c = config
     dt = c.compute_dtype
-    self.input_proj = nnx.Linear(1, c.residual_channels, dtype=dt, rngs=rngs)
-    self.upsampler = ConditionUpsampler(c, rngs=rngs)
+    init = NormalSource(rngs.params())
+    kw = dict(dtype=dt, kernel_init=init.lecun_normal(), rngs=rngs)
+    self.input_proj = nnx.Linear(1, c.residual_channels, **kw)
+    self.upsampler = ConditionUpsampler(c, rngs=rngs, init=init)
     if c.speaker_source == "table":
-      self.speaker_table = nnx.Embed(c.n_speakers, c.speaker_dim, rngs=rngs)
+      self.speaker_table = nnx.Embed(c.n_speakers, c.speaker_dim,
+                                     embedding_init=init.standard_normal(),
+                                     rngs=rngs)
     else:
       self.speaker_table = None
     self.layers = nnx.List([
-        ResidualLayer(c, 2 ** i, rngs=rngs)
+        ResidualLayer(c, 2 ** i, rngs=rngs, init=init)
         for _ in range(c.stacks) for i in range(c.layers_per_stack)])
-    self.out1 = nnx.Linear(c.skip_channels, c.skip_channels, dtype=dt,
-                           rngs=rngs)
-    self.out2 = nnx.Linear(c.skip_channels, c.out_channels, dtype=dt,
-                           rngs=rngs)
+    self.out1 = nnx.Linear(c.skip_channels, c.skip_channels, **kw)
+    self.out2 = nnx.Linear(c.skip_channels, c.out_channels, **kw)
 
   # -- input checks (static shapes, raise at trace time) ---------------------
 
