@@ -32,16 +32,17 @@ METHODS = ("maml", "fomaml", "reptile", "metasgd", "imaml", "pretrain")
 TRAIN_INNER_STEPS = {"maml": 1, "fomaml": 1, "metasgd": 1, "reptile": 5,
                      "imaml": 5, "pretrain": 1}
 
-# size -> (num_steps, meta_batch_size, num_eval_tasks, log/eval/ckpt cadence)
+# size -> (num_steps, meta_batch_size, num_eval_tasks, log/eval/ckpt cadence);
+# the periodic evaluation uses the same held-out tasks as the final one.
 SIZES = {
     "smoke": dict(num_steps=20, meta_batch_size=5, num_eval_tasks=50,
-                  num_monitor_tasks=20, log_every=5, eval_every=10,
+                  log_every=5, eval_every=10,
                   checkpoint_every=10),
     "quick": dict(num_steps=10_000, meta_batch_size=25, num_eval_tasks=600,
-                  num_monitor_tasks=100, log_every=100, eval_every=1000,
+                  log_every=100, eval_every=1000,
                   checkpoint_every=1000),
     "paper": dict(num_steps=70_000, meta_batch_size=25, num_eval_tasks=600,
-                  num_monitor_tasks=100, log_every=100, eval_every=5000,
+                  log_every=100, eval_every=5000,
                   checkpoint_every=5000),
 }
 

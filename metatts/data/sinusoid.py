@@ -92,6 +92,9 @@ def sample_tasks(
   return Task(support=support, query=query), params
 
 
+_sample_jit = jax.jit(sample_tasks, static_argnums=(1, 2, 3))
+
+
 def task_iterator(
     key: jax.Array,
     start_step: int,
@@ -115,10 +118,9 @@ def task_iterator(
   Yields:
     ``Task`` with ``(x, y)`` leaves [N, K, 1] / [N, Q, 1].
   """
-  sample = jax.jit(sample_tasks, static_argnums=(1, 2, 3))
   step = int(start_step)
   while True:
-    tasks, _ = sample(jax.random.fold_in(key, step), num_tasks, num_support,
+    tasks, _ = _sample_jit(jax.random.fold_in(key, step), num_tasks, num_support,
                       num_query)
     yield tasks
     step += 1

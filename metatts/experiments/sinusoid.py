@@ -143,22 +143,27 @@ def make_learner(config) -> Any:
 
 
 def make_evaluator(learner, num_steps: Sequence[int] = EVAL_STEPS):
-  """Returns a jitted ``evaluate(meta_state, tasks) -> {n: mse [N]}``.
+  """Returns a jitted ``evaluate(meta_state, tasks) -> (mse, adapted)``.
 
   For every task the learner's own test-time adaptation (``learner.adapt``:
   its inner optimizer and, for Meta-SGD, its learned learning rates) runs
-  ``n`` steps on the support set; the MSE is measured on the query set.
+  ``n`` steps on the support set for each ``n`` in ``num_steps``.
+
+  Returns:
+    A function returning ``mse = {n: float32 [N]}`` (query MSE per task) and
+    ``adapted = {n: params with leaves [N, ...]}``.
   """
 
   def per_task(state, support, query):
-    out = {}
+    mse, adapted = {}, {}
     for n in num_steps:
       if n == 0:
         params = state.params
       else:
         params, _ = learner.adapt(state, support, mse_loss, num_steps=n)
-      out[n] = mse_loss(params, query)[0]
-    return out
+      mse[n] = mse_loss(params, query)[0]
+      adapted[n] = params
+    return mse, adapted
 
   @jax.jit
   def evaluate(state, tasks):
@@ -174,30 +179,45 @@ def held_out_tasks(config, num_tasks: int):
                                     config.num_eval_query)
 
 
-def plot_adaptation(learner, state, config, path: str) -> str:
-  """Saves a PNG: a held-out task, its support points and the fits after
-  0, 1 and 10 adaptation steps (cf. Finn et al. 2017, Fig. 2)."""
+def plot_adaptation(tasks, hidden, adapted, method: str, path: str,
+                    num_plots: int = 2) -> str:
+  """Saves a PNG of held-out tasks: truth, support points and the fits after
+  each number of adaptation steps (cf. Finn et al. 2017, Fig. 2).
+
+  Args:
+    tasks: held-out ``Task`` ((x, y) leaves [N, K, 1]).
+    hidden: their ``SinusoidParams``.
+    adapted: ``{n: params with leaves [N, ...]}`` from ``make_evaluator``.
+    method: title label.
+    path: output PNG path.
+    num_plots: how many of the tasks to draw.
+
+  Returns:
+    ``path``.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  tasks, hidden = held_out_tasks(config, 2)
-  grid = jnp.linspace(-5.0, 5.0, 200)[:, None]  # [200, 1]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
-  for t, ax in enumerate(axes):
-    support = jax.tree.map(lambda a, t=t: a[t], tasks.support)
-    truth = sinusoid_data.sinusoid(
-        grid[None], jax.tree.map(lambda a, t=t: a[t:t + 1], hidden))[0]
-    ax.plot(grid[:, 0], truth[:, 0], "k-", lw=2, label="ground truth")
-    for n, style in zip(EVAL_STEPS, (":", "--", "-")):
-      params = state.params if n == 0 else learner.adapt(
-          state, support, mse_loss, num_steps=n)[0]
-      ax.plot(grid[:, 0], mlp_apply(params, grid)[:, 0], style,
-              label=f"after {n} step{'s' if n != 1 else ''}")
-    ax.plot(support[0][:, 0], support[1][:, 0], "r^", label="K support points")
+  grid = np.linspace(-5.0, 5.0, 200, dtype=np.float32)[:, None]  # [200, 1]
+  fig, axes = plt.subplots(1, num_plots, figsize=(5 * num_plots, 3.5),
+                           sharey=True, squeeze=False)
+  styles = (":", "--", "-", "-.")
+  for t, ax in enumerate(axes[0]):
+    amp, phase = float(hidden.amplitude[t]), float(hidden.phase[t])
+    ax.plot(grid[:, 0], amp * np.sin(grid[:, 0] - phase), "k-", lw=2,
+            label="ground truth")
+    for i, (n, params) in enumerate(sorted(adapted.items())):
+      task_params = jax.tree.map(lambda a, t=t: a[t], params)
+      ax.plot(grid[:, 0], np.asarray(mlp_apply(task_params, grid))[:, 0],
+              styles[i % len(styles)],
+              label=f"after {n} step{'' if n == 1 else 's'}")
+    ax.plot(np.asarray(tasks.support[0][t, :, 0]),
+            np.asarray(tasks.support[1][t, :, 0]), "r^",
+            label="K support points")
     ax.set_xlabel("x")
-    ax.set_title(f"{config.method}: held-out task {t}")
-  axes[0].legend(fontsize=8)
+    ax.set_title(f"{method}: held-out task {t}")
+  axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -235,11 +255,13 @@ def run(config, workdir: str) -> Dict[str, Any]:
                                        config.num_support, config.num_query)
 
   evaluate = make_evaluator(learner)
-  monitor_tasks, _ = held_out_tasks(config, config.num_monitor_tasks)
+  # Periodic evaluation uses the same held-out tasks (same shapes: one
+  # compile); they are never used for training or model selection.
+  tasks, hidden = held_out_tasks(config, config.num_eval_tasks)
 
   def eval_fn(state, step):
     del step
-    mse = evaluate(state, monitor_tasks)
+    mse, _ = evaluate(state, tasks)
     return {f"mse_after_{n}_steps": jnp.mean(v) for n, v in mse.items()}
 
   start = time.perf_counter()
@@ -247,9 +269,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
                       eval_fn=eval_fn, progress=config.progress)
   train_seconds = time.perf_counter() - start
 
-  tasks, _ = held_out_tasks(config, config.num_eval_tasks)
-  mse = {n: np.asarray(v) for n, v in evaluate(result.meta_state,
-                                               tasks).items()}
+  mse, adapted = evaluate(result.meta_state, tasks)
+  mse = {n: np.asarray(v) for n, v in mse.items()}
   summary = {
       "method": config.method,
       "num_eval_tasks": int(config.num_eval_tasks),
@@ -264,7 +285,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "workdir": os.path.abspath(workdir),
   }
   summary["plot_path"] = plot_adaptation(
-      learner, result.meta_state, config,
+      tasks, hidden, adapted, config.method,
       os.path.join(workdir, "adaptation.png"))
   summary["results_path"] = os.path.join(os.path.abspath(workdir),
                                          "results.json")
