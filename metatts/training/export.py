@@ -1,0 +1,351 @@
+"""Exported models: what a finished training run hands to ``metatts.api``.
+
+A training run writes, once training ends, a self-describing folder::
+
+  <dir>/model.json   {"format": "metatts-model", "version": 1, "method": ...,
+                      "model": "tacotron" | "wavenet", "model_config": {...},
+                      "feature_config": {...}, "symbols": "characters",
+                      "speakers": [train speaker ids in table order],
+                      "adapt": {"filter": ..., "optimizer": "sgd" | "adam",
+                                "lr": ..., "default_steps": ...,
+                                "speaker_slot": ...},
+                      "learned_lrs": bool, "has_extra": bool, ...}
+  <dir>/params/      Orbax StandardCheckpointer: the ``nnx.Param`` pytree (a
+                     pure dict, ``metatts.functional.split``)
+  <dir>/extra/       optional Orbax tree of meta-learned extras (e.g. the
+                     per-parameter inner learning rates of Meta-SGD)
+
+``load_exported`` rebuilds the NNX model from ``model_config``, restores the
+parameters into the abstract tree of that model (so a shape or structure
+mismatch is an error, never a silent reinterpretation) and merges them.
+
+The ``adapt`` entry is the *one* test-time adaptation protocol of this run
+(parameter filter, inner optimizer, learning rate, default number of steps
+and the embedding row used for a new voice); the evaluation and the library
+API both use it, so every method is adapted the same way.
+
+Writing is atomic: the folder is assembled next to its destination and moved
+into place, so a crash never leaves a half-written export behind a valid
+``model.json``. Checkpoints use Orbax only, never pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+FORMAT = "metatts-model"
+VERSION = 1
+MODEL_JSON = "model.json"
+PARAMS_DIR = "params"
+EXTRA_DIR = "extra"
+ADAPT_KEYS = ("filter", "optimizer", "lr", "default_steps", "speaker_slot")
+OPTIMIZERS = ("sgd", "adam")
+
+# Models the export understands: name -> (module, config function, class).
+# ``tacotron`` is also in ``metatts.models.MODELS``; the vocoder is listed
+# here so that an export never depends on what else the registry holds.
+_BUILDERS = {
+    "tacotron": ("metatts.models.tacotron", "tacotron_config", "Tacotron"),
+    "wavenet": ("metatts.models.wavenet", "wavenet_config", "WaveNet"),
+}
+
+
+class ExportError(ValueError):
+  """A missing, partial or inconsistent export folder."""
+
+
+def _fix_hint(directory: str) -> str:
+  return (f"Re-run training (experiments/main.py with the same --workdir "
+          f"finishes and exports) or point at WORKDIR/<method>/model; got "
+          f"{directory}.")
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+  """A model/feature config (dataclass, NamedTuple, ConfigDict) as JSON data."""
+  if dataclasses.is_dataclass(config):
+    d = dataclasses.asdict(config)
+  elif hasattr(config, "_asdict"):
+    d = dict(config._asdict())
+  elif hasattr(config, "to_dict"):
+    d = config.to_dict()
+  elif isinstance(config, Mapping):
+    d = dict(config)
+  else:
+    raise ValueError(
+        f"Cannot serialize a config of type {type(config).__name__}; pass a "
+        "dataclass, NamedTuple, dict or ml_collections.ConfigDict.")
+  return json.loads(json.dumps(d, default=_json_default))
+
+
+def _json_default(x):
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if isinstance(x, tuple):
+    return list(x)
+  raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def build_from_config(model_name: str, model_config: Mapping[str, Any],
+                      seed: int = 0, abstract: bool = False):
+  """Builds an NNX model of ``model_name`` from a ``config_to_dict`` dict.
+
+  Args:
+    model_name: 'tacotron' or 'wavenet'.
+    model_config: every field of the model's config (from ``model.json``).
+    seed: initialization seed (the values are overwritten on load).
+    abstract: build under ``nnx.eval_shape``: every array is a
+      ``jax.ShapeDtypeStruct`` and nothing is computed (building a model
+      eagerly dispatches thousands of small initializer ops).
+
+  Returns:
+    ``(model, config)``.
+
+  Raises:
+    ValueError: unknown model name or config field.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  if model_name not in _BUILDERS:
+    raise ValueError(f"Unknown exported model {model_name!r}; this version "
+                     f"of metatts can load {sorted(_BUILDERS)}.")
+  module_name, config_fn, cls = _BUILDERS[model_name]
+  module = importlib.import_module(module_name)
+  fields = {k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in dict(model_config).items()}
+  config = getattr(module, config_fn)("tiny", **fields)
+  make = lambda: getattr(module, cls)(config, rngs=nnx.Rngs(seed))  # noqa: E731
+  return (nnx.eval_shape(make) if abstract else make()), config
+
+
+def _check_adapt(adapt: Mapping[str, Any]) -> Dict[str, Any]:
+  missing = [k for k in ADAPT_KEYS if k not in adapt]
+  if missing:
+    raise ValueError(f"export_model: adapt={dict(adapt)} lacks {missing}; "
+                     f"give all of {list(ADAPT_KEYS)}.")
+  out = dict(adapt)
+  if out["optimizer"] not in OPTIMIZERS:
+    raise ValueError(f"export_model: adapt['optimizer']={out['optimizer']!r}"
+                     f"; use one of {list(OPTIMIZERS)}.")
+  out["lr"] = float(out["lr"])
+  out["default_steps"] = int(out["default_steps"])
+  out["speaker_slot"] = int(out["speaker_slot"])
+  return out
+
+
+def _save_tree(path: str, tree: PyTree) -> None:
+  tree = jax.tree.map(np.asarray, tree)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(path, tree)
+  ckptr.wait_until_finished()
+  ckptr.close()
+
+
+def export_model(directory: str, *, method: str, model_name: str,
+                 model_config: Any, params: PyTree, feature_config: Any,
+                 symbols: str, speakers, adapt: Mapping[str, Any],
+                 extra: Optional[PyTree] = None,
+                 info: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes an export folder (atomically replacing an older one).
+
+  Args:
+    directory: destination, usually ``WORKDIR/<method>/model``.
+    method: method key ('meta-maml', 'transfer', ...).
+    model_name: 'tacotron' or 'wavenet'.
+    model_config: the model's config object (or dict of all its fields).
+    params: the parameter pytree (pure dict from ``functional.split``).
+    feature_config: ``metatts.data.features.FeatureConfig`` (or dict).
+    symbols: 'characters' or 'phonemes'.
+    speakers: training speaker ids in embedding-table order.
+    adapt: the test-time protocol, keys ``ADAPT_KEYS``.
+    extra: optional pytree of meta-learned extras (e.g. the Meta-SGD inner
+      learning rates, ``MetaState.extra``); stored and loaded back as the
+      list of its leaves in flatten order.
+    info: optional JSON-able additions to ``model.json``.
+
+  Returns:
+    The absolute path of the export.
+
+  Raises:
+    ValueError: bad ``adapt`` or parameters that do not fit ``model_config``.
+  """
+  directory = os.path.abspath(directory)
+  cfg = config_to_dict(model_config)
+  model, _ = build_from_config(model_name, cfg, abstract=True)
+  from metatts import functional  # pylint: disable=g-import-not-at-top
+  _, expected, _ = functional.split(model)
+  _check_structure(expected, params, f"export_model({directory})")
+  has_extra = extra is not None and bool(jax.tree_util.tree_leaves(extra))
+  meta_info = {
+      "format": FORMAT, "version": VERSION, "method": str(method),
+      "model": model_name, "model_config": cfg,
+      "feature_config": config_to_dict(feature_config),
+      "symbols": str(symbols), "speakers": [str(s) for s in speakers],
+      "adapt": _check_adapt(adapt), "learned_lrs": has_extra,
+      "has_extra": has_extra,
+  }
+  if info:
+    meta_info.update(json.loads(json.dumps(dict(info),
+                                           default=_json_default)))
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+  try:
+    _save_tree(os.path.join(tmp, PARAMS_DIR), params)
+    if has_extra:
+      # Stored as its flat list of leaves (the form of ``MetaState.extra``
+      # for Meta-SGD: one array per adapted leaf, in flatten order); Orbax
+      # would otherwise turn list indices into string keys.
+      leaves = jax.tree_util.tree_leaves(extra)
+      _save_tree(os.path.join(tmp, EXTRA_DIR),
+                 {f"{i:05d}": x for i, x in enumerate(leaves)})
+    with open(os.path.join(tmp, MODEL_JSON), "w", encoding="utf-8") as f:
+      json.dump(meta_info, f, indent=1, sort_keys=True)
+    old = None
+    if os.path.exists(directory):
+      old = tempfile.mkdtemp(prefix=".export-old-", dir=parent)
+      os.replace(directory, os.path.join(old, "model"))
+    os.replace(tmp, directory)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return directory
+
+
+def _check_structure(expected: PyTree, got: PyTree, where: str) -> None:
+  e_leaves, e_def = jax.tree_util.tree_flatten(expected)
+  g_leaves, g_def = jax.tree_util.tree_flatten(got)
+  if e_def != g_def:
+    raise ValueError(
+        f"{where}: the parameter tree does not match the model built from "
+        f"model_config (expected {e_def}, got {g_def}). Export the params of "
+        "the model that model_config describes.")
+  for path_leaf, g in zip(jax.tree_util.tree_leaves_with_path(expected),
+                          g_leaves):
+    path, e = path_leaf
+    if np.shape(e) != np.shape(g):
+      raise ValueError(
+          f"{where}: parameter {jax.tree_util.keystr(path)} has shape "
+          f"{np.shape(g)}, but model_config gives {np.shape(e)}.")
+
+
+def resolve_export_dir(path: str) -> str:
+  """Finds the export folder: ``path`` itself or ``path/model``.
+
+  Raises:
+    FileNotFoundError: neither holds a ``model.json``.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  for cand in (path, os.path.join(path, "model")):
+    if os.path.isfile(os.path.join(cand, MODEL_JSON)):
+      return cand
+  raise FileNotFoundError(
+      f"No exported model at {path}: {MODEL_JSON} is missing (neither "
+      f"{os.path.join(path, MODEL_JSON)} nor "
+      f"{os.path.join(path, 'model', MODEL_JSON)} exists). "
+      + _fix_hint(path))
+
+
+def read_model_json(directory: str) -> Dict[str, Any]:
+  """Reads and validates ``model.json`` of an export folder."""
+  directory = resolve_export_dir(directory)
+  path = os.path.join(directory, MODEL_JSON)
+  try:
+    with open(path, encoding="utf-8") as f:
+      info = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ExportError(f"{path} is unreadable ({e}). " + _fix_hint(directory)
+                      ) from e
+  if not isinstance(info, dict) or info.get("format") != FORMAT:
+    raise ExportError(f"{path} is not a metatts model export (format "
+                      f"{info.get('format') if isinstance(info, dict) else None!r}"
+                      f", expected {FORMAT!r}). " + _fix_hint(directory))
+  if int(info.get("version", -1)) > VERSION:
+    raise ExportError(
+        f"{path} has export version {info.get('version')}, newer than this "
+        f"metatts understands ({VERSION}); upgrade metatts.")
+  for key in ("method", "model", "model_config", "feature_config", "symbols",
+              "speakers", "adapt"):
+    if key not in info:
+      raise ExportError(f"{path} lacks the key {key!r}. " +
+                        _fix_hint(directory))
+  return info
+
+
+def load_exported(directory: str, *, seed: int = 0
+                  ) -> Tuple[Any, PyTree, Dict[str, Any], Optional[PyTree]]:
+  """Loads an export written by :func:`export_model`.
+
+  Args:
+    directory: the export folder, or its parent (``WORKDIR/<method>``).
+    seed: initialization seed of the skeleton model (values are replaced).
+
+  Returns:
+    ``(model, params, meta_info, extra)``: the merged NNX model, its params
+    pytree (pure dict), the ``model.json`` dict (with ``"directory"`` added)
+    and the extras as a list of arrays (leaves in flatten order; for
+    Meta-SGD exactly ``MetaState.extra``) or None.
+
+  Raises:
+    FileNotFoundError: no ``model.json`` / parameters (naming the folder and
+      the fix).
+    ExportError (a ValueError): damaged or inconsistent export.
+  """
+  from metatts import functional  # pylint: disable=g-import-not-at-top
+  directory = resolve_export_dir(directory)
+  info = read_model_json(directory)
+  params_dir = os.path.join(directory, PARAMS_DIR)
+  if not os.path.isdir(params_dir):
+    raise FileNotFoundError(f"{params_dir} is missing: the export is partial."
+                            " " + _fix_hint(directory))
+  model, _ = build_from_config(info["model"], info["model_config"], seed,
+                               abstract=True)
+  graphdef, abstract, rest = functional.split(model)
+  if jax.tree_util.tree_leaves(rest):
+    # Non-parameter variables need real values: build the model eagerly.
+    model, _ = build_from_config(info["model"], info["model_config"], seed)
+    graphdef, _, rest = functional.split(model)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract)
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    params = ckptr.restore(params_dir, abstract)
+    extra = None
+    if info.get("has_extra"):
+      extra_dir = os.path.join(directory, EXTRA_DIR)
+      if not os.path.isdir(extra_dir):
+        raise FileNotFoundError(f"{extra_dir} is missing although model.json "
+                                "says has_extra. " + _fix_hint(directory))
+      flat = ckptr.restore(extra_dir)
+      extra = [np.asarray(flat[k]) for k in sorted(flat)]
+  except (FileNotFoundError, ExportError):
+    raise
+  except Exception as e:  # Orbax raises many types for damaged files.
+    raise ExportError(
+        f"The parameters in {directory} cannot be restored "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+        + _fix_hint(directory)) from e
+  finally:
+    ckptr.close()
+  model = functional.merge(graphdef, params, rest)
+  info = dict(info, directory=directory)
+  return model, params, info, extra
+
+
+__all__ = ["ADAPT_KEYS", "ExportError", "build_from_config", "config_to_dict",
+           "export_model", "load_exported", "read_model_json",
+           "resolve_export_dir"]
