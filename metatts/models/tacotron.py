@@ -225,6 +225,7 @@ class InferenceOutputs(NamedTuple):
   """Autoregressive synthesis (S_max = ceil(max_frames / r) steps)."""
 
   mel: Array  # float32 [B, S_max * r, M]  post-net mel, zero past lengths
+  mel_before: Array  # float32 [B, S_max * r, M]  decoder mel (pre post-net)
   lengths: Array  # int32 [B]              generated frames per utterance
   alignment: Array  # float32 [B, S_max, L]  zero after the stop step
   stop_probs: Array  # float32 [B, S_max * r]
@@ -872,7 +873,8 @@ class Tacotron(nnx.Module):
     mel_before = layers.apply_mask(mel_before, frame_mask)
     mel = mel_before + self.postnet(mel_before, frame_mask, None)
     mel = layers.apply_mask(mel, frame_mask)
-    return InferenceOutputs(mel, lengths, align, stops.reshape(b, smax * r))
+    return InferenceOutputs(mel, mel_before, lengths, align,
+                            stops.reshape(b, smax * r))
 
 
 @functools.partial(nnx.jit, static_argnames=("max_frames", "stop_threshold"))
