@@ -269,7 +269,7 @@ def plot_curves(table: Mapping, metric: str, path: str, *, by: str = "steps",
                + ("" if drawn else " (no data)"))
   if drawn or reference:
     ax.legend(fontsize=8)
-  fig.tight_layout()
+  fig.subplots_adjust(left=0.13, right=0.97, bottom=0.13, top=0.91)
   fig.savefig(path, format="png")
   return path
 
