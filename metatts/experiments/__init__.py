@@ -7,9 +7,11 @@
 from typing import Any, Callable, Dict
 
 from metatts.experiments import sinusoid
+from metatts.experiments import tts
 
 EXPERIMENTS: Dict[str, Callable[[Any, str], Dict[str, Any]]] = {
     "sinusoid": sinusoid.run,
+    "tts": tts.run,
 }
 
 

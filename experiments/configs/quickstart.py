@@ -1,0 +1,70 @@
+r"""CPU quickstart: few-shot speaker adaptation of a tiny Tacotron, end to end.
+
+What ``make quickstart`` runs (2-core CPU, no GPU, nothing downloaded)::
+
+  .venv/bin/python experiments/main.py \
+      --config experiments/configs/quickstart.py --workdir runs/quickstart
+
+It builds the embedded synthetic corpus (``metatts.data.synth`` preset
+``default``: 116 speakers from Debian's flite/festival/espeak-ng voices,
+WORLD-perturbed) into ``~/.cache/metatts/synth-default`` if it is missing,
+computes its log-mel features, trains a multi-speaker ``transfer`` baseline
+and a first-order MAML model (``meta-fomaml``) for the same number of
+clip forward/backward passes, adapts both and an untrained (``scratch``)
+model to held-out speakers of seen voices (``heldout_seen``) and of an unseen
+voice (``heldout_unseen``) with 1 and 5 clips for 0/5/20/100 steps, writes
+``runs/quickstart/samples`` and the report ``runs/quickstart/report/
+index.html`` (speaker similarity and verification EER with Resemblyzer).
+
+Measured run time: see docs/results/adaptation.md (the corpus build is most
+of it on a fresh machine; rerunning reuses the corpus and feature caches and
+resumes training from its checkpoints).
+
+The argument picks a size: ``quickstart.py`` (default) or
+``quickstart.py:smoke`` (the tiny corpus preset, a few steps; tests use it,
+~1-2 minutes). Any key can be overridden, e.g. ``--config.train.num_steps=50``
+or ``--config.methods='("transfer","meta-maml")'``; unknown keys are an error.
+"""
+
+from metatts.experiments.tts import default_config
+
+SIZES = ("quickstart", "smoke")
+
+
+def get_config(arg: str = "quickstart"):
+  """Returns the quickstart config; ``arg`` is ``quickstart`` or ``smoke``."""
+  size = (arg or "quickstart").strip()
+  if size not in SIZES:
+    raise ValueError(f"quickstart config argument {arg!r}; use one of {SIZES}"
+                     " (e.g. experiments/configs/quickstart.py:smoke).")
+  c = default_config()
+  c.name = f"quickstart-{size}"
+  c.expected_minutes = 20
+  c.methods = ("transfer", "meta-fomaml")
+  if size == "smoke":
+    c.expected_minutes = 2
+    c.data.root = "~/.cache/metatts/synth-tiny"
+    c.data.synth_preset = "tiny"
+    c.data.features = {"n_mels": 20, "n_fft": 512, "win_length": 400}
+    c.data.max_tokens = 64
+    c.data.max_frames = 192
+    c.model = {"size": "tiny", "embed_dim": 16, "encoder_dim": 16,
+               "attention_dim": 16, "attention_rnn_dim": 32,
+               "decoder_rnn_dim": 32, "postnet_dim": 16,
+               "postnet_num_convs": 2, "encoder_num_convs": 1,
+               "prenet_dims": (16, 16), "speaker_dim": 8,
+               "reduction_factor": 4, "max_frames": 256}
+    c.train.num_steps = 4
+    c.train.num_tasks = 2
+    c.train.num_support = 2
+    c.train.num_query = 2
+    c.train.log_every = 2
+    c.train.checkpoint_every = 2
+    c.adapt.steps = (0, 2)
+    c.adapt.shots = (1, 2)
+    c.adapt.num_eval = 1
+    c.adapt.max_speakers = 1
+    c.adapt.griffin_lim_iters = 4
+    c.adapt.synth_frames_factor = 0.5
+    c.eval.enabled = False
+  return c
