@@ -265,3 +265,12 @@ def test_import_does_not_load_torch():
           "bad = [m for m in ('torch', 'resemblyzer', 'pocketsphinx') "
           "if m in sys.modules]; assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mismatched_lengths_are_errors():
+  with pytest.raises(ValueError, match="align them with DTW"):
+    mcd.mcd_frames(np.zeros((3, 24)), np.zeros((4, 24)))
+  with pytest.raises(ValueError, match="2 clips but 1 texts"):
+    wer.wer_of_clips([np.ones(16000)] * 2, ["a"], SR)
+  with pytest.raises(ValueError, match="empty sequence"):
+    dtw.cost_matrix(np.zeros((0, 3)), np.zeros((2, 3)))

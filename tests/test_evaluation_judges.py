@@ -112,3 +112,16 @@ def test_encoder_loaded_once_and_rejects_silence():
     secs.embed_utterance(np.zeros(16000), 16000, "silent.wav")
   with pytest.raises(ValueError, match="silent.wav"):
     secs.embed_utterance(1e-4 * rng.normal(size=800) + 0, 16000, "silent.wav")
+
+
+@pytest.mark.skipif(not (_deps.available("speechmos")
+                         and _deps.available("onnxruntime")),
+                    reason="optional: pip install speechmos onnxruntime")
+def test_dnsmos_prefers_clean_speech(clips):
+  from metatts.evaluation import naturalness
+  wav = clips["slt"][0][0]
+  clean = naturalness.dnsmos(wav, 16000)
+  noisy = naturalness.dnsmos(
+      np.clip(wav + 0.1 * np.random.default_rng(0).normal(size=wav.size), -1,
+              1), 16000)
+  assert 1.0 <= noisy < clean <= 5.0

@@ -32,7 +32,7 @@ from metatts.evaluation.schema import validate_metrics
 from metatts.evaluation.secs import (embed_utterance, get_encoder,
                                      leave_one_out_similarity,
                                      speaker_embedding, speaker_similarity)
-from metatts.evaluation.vocoding import griffin_lim_from_mel, vocode_real
+from metatts.evaluation.vocoding import vocode_real
 from metatts.evaluation.wer import (corpus_wer, edit_counts, normalize_text,
                                     transcribe, word_error_rate)
 from metatts.evaluation.world import spectrum_to_mcep, world_features
@@ -43,7 +43,7 @@ __all__ = [
     "leave_one_out_trials", "F0Metrics", "f0_metrics",
     "mel_cepstral_distortion", "embed_utterance", "get_encoder",
     "leave_one_out_similarity", "speaker_embedding", "speaker_similarity",
-    "griffin_lim_from_mel", "vocode_real", "corpus_wer", "edit_counts",
+    "vocode_real", "corpus_wer", "edit_counts",
     "normalize_text", "transcribe", "word_error_rate", "spectrum_to_mcep",
     "world_features", "curve_vs_shots", "curve_vs_steps", "mean_ci",
     "plot_curves", "step_ratio", "steps_to_reach", "scan_samples",

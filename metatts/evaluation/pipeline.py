@@ -125,7 +125,8 @@ class _Judge:
     from metatts.evaluation import f0, mcd, secs, wer, world  # pylint: disable=g-import-not-at-top
     spk, utt = clip.speaker, clip.utt_id
     row: dict = {}
-    if self.need_embed:
+    # A speaker's only reference clip cannot be scored against itself.
+    if self.need_embed and not (is_real and len(self.ref_emb[spk]) < 2):
       e = secs.embed_utterance(wav, EVAL_SAMPLE_RATE, clip.wav)
       row["secs"] = float(secs.cosine(e, self.enrollment(spk, exclude=utt)))
       row["nontarget"] = [float(secs.cosine(e, self.enrollment(o)))
@@ -295,8 +296,9 @@ def judge_samples(samples: layout.Samples, metrics: Sequence[str] = DEFAULT_METR
       "frame_period_ms": world.FRAME_PERIOD_MS, "f0_method": f0_method,
       "f0_rmse_unit": "cents", "asr": "pocketsphinx 5 en-us (16 kHz)",
       "eer_unit": "fraction", "wer_unit": "fraction",
-      "griffin_lim": "80-band mel (n_fft 1024, hop 256), 32 fast Griffin-Lim "
-                     "iterations, seed 0" if griffin_lim else None,
+      "griffin_lim": ("metatts.audio.mel_to_audio of the MelConfig log-mel "
+                      "(16 kHz defaults), 32 fast Griffin-Lim iterations, "
+                      "seed 0") if griffin_lim else None,
       "n_failed": len(failed),
   }
   if samples.manifest:
