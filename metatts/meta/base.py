@@ -6,11 +6,12 @@ the only model interface is ``loss_fn(params, batch) -> (loss, aux)``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from metatts.types import LossFn, Params, PyTree, Task
 
@@ -223,6 +224,36 @@ def guarded_update(state: MetaState, grads, new_state_fn) -> Tuple[MetaState, ja
       num_skipped=state.num_skipped + jnp.where(ok, 0, 1).astype(jnp.int32),
   )
   return new, 1.0 - ok.astype(jnp.float32)
+
+
+def init_state(outer, params, extra=()) -> MetaState:
+  """A fresh MetaState; the outer optimizer acts on the pair (params, extra)."""
+  params = copy_tree(params)  # the state owns its buffers (donation)
+  return MetaState(params=params, opt_state=outer.init((params, extra)),
+                   extra=extra, step=jnp.zeros((), jnp.int32),
+                   num_skipped=jnp.zeros((), jnp.int32))
+
+
+def apply_meta_update(outer, state: MetaState, grads, metrics: dict,
+                      loss_key: str = "query_loss_after"):
+  """Outer-optimizer step on ``grads = (param_grads, extra_grads)``, NaN-guarded.
+
+  Returns:
+    ``(new_state, metrics)`` with ``loss``, ``grad_norm`` and ``skipped`` added.
+  """
+
+  def apply():
+    updates, opt_state = outer.update(grads, state.opt_state,
+                                      (state.params, state.extra))
+    params, extra = optax.apply_updates((state.params, state.extra), updates)
+    return params, opt_state, extra
+
+  new_state, skipped = guarded_update(state, grads, apply)
+  metrics = dict(metrics)
+  metrics["loss"] = metrics[loss_key]
+  metrics["grad_norm"] = global_norm(grads)
+  metrics["skipped"] = skipped
+  return new_state, metrics
 
 
 def task_mean(fn, *args):

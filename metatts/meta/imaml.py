@@ -93,11 +93,8 @@ def imaml(
   inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
 
   def init(params):
-    params = base.copy_tree(params)  # the state owns its buffers (donation)
     base.make_partition(params, filter)
-    return base.MetaState(params=params, opt_state=outer.init((params, ())),
-                          extra=(), step=jnp.zeros((), jnp.int32),
-                          num_skipped=jnp.zeros((), jnp.int32))
+    return base.init_state(outer, params)
 
   def step(state, tasks, loss_fn):
     base.check_tasks(tasks)
@@ -145,17 +142,7 @@ def imaml(
     meta_grads, metrics = base.task_mean(per_task, tasks.support, tasks.query)
     grads = (meta_grads, ())
 
-    def apply():
-      updates, opt_state = outer.update(grads, state.opt_state, (state.params, ()))
-      params, _ = optax.apply_updates((state.params, ()), updates)
-      return params, opt_state, ()
-
-    new_state, skipped = base.guarded_update(state, grads, apply)
-    metrics = dict(metrics)
-    metrics["loss"] = metrics["query_loss_after"]
-    metrics["grad_norm"] = base.global_norm(grads)
-    metrics["skipped"] = skipped
-    return new_state, metrics
+    return base.apply_meta_update(outer, state, grads, metrics)
 
   def adapt(state, support, loss_fn, num_steps=None):
     # Test time uses the plain inner loop (no proximal term), like every method.

@@ -109,17 +109,10 @@ def maml(
   per_step = learn_inner_lr == "per_step_per_layer"
 
   def init(params):
-    params = base.copy_tree(params)  # the state owns its buffers (donation)
     partition = base.make_partition(params, filter)
     adapted, _ = partition.split(params)
     extra = _init_lrs(adapted, learn_inner_lr, inner_lr, num_inner_steps)
-    return base.MetaState(
-        params=params,
-        opt_state=outer.init((params, extra)),
-        extra=extra,
-        step=jnp.zeros((), jnp.int32),
-        num_skipped=jnp.zeros((), jnp.int32),
-    )
+    return base.init_state(outer, params, extra)
 
   def step(state, tasks, loss_fn):
     base.check_tasks(tasks)
@@ -163,18 +156,7 @@ def maml(
           state.step < first_order_steps,
           lambda: meta_grads(True), lambda: meta_grads(False))
 
-    def apply():
-      updates, opt_state = outer.update(
-          grads, state.opt_state, (state.params, state.extra))
-      params, extra = optax.apply_updates((state.params, state.extra), updates)
-      return params, opt_state, extra
-
-    new_state, skipped = base.guarded_update(state, grads, apply)
-    metrics = dict(metrics)
-    metrics["loss"] = metrics["query_loss_after"]
-    metrics["grad_norm"] = base.global_norm(grads)
-    metrics["skipped"] = skipped
-    return new_state, metrics
+    return base.apply_meta_update(outer, state, grads, metrics)
 
   def adapt(state, support, loss_fn, num_steps=None):
     return _adapt(

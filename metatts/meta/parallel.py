@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from metatts.meta import base
-from metatts.types import LossFn, Task
+from metatts.types import LossFn
 
 TASK_AXIS = "tasks"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from metatts.meta import base
@@ -44,10 +43,7 @@ def pretrain(
   inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
 
   def init(params):
-    params = base.copy_tree(params)  # the state owns its buffers (donation)
-    return base.MetaState(params=params, opt_state=opt.init((params, ())), extra=(),
-                          step=jnp.zeros((), jnp.int32),
-                          num_skipped=jnp.zeros((), jnp.int32))
+    return base.init_state(opt, params)
 
   def step(state, tasks, loss_fn):
     base.check_tasks(tasks)
@@ -63,15 +59,7 @@ def pretrain(
     (value, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     grads = (grads, ())
 
-    def apply():
-      updates, opt_state = opt.update(grads, state.opt_state, (state.params, ()))
-      params, _ = optax.apply_updates((state.params, ()), updates)
-      return params, opt_state, ()
-
-    new_state, skipped = base.guarded_update(state, grads, apply)
-    metrics = dict(metrics, loss=value, grad_norm=base.global_norm(grads),
-                   skipped=skipped)
-    return new_state, metrics
+    return base.apply_meta_update(opt, state, grads, dict(metrics, loss=value), "loss")
 
   def adapt(state, support, loss_fn, num_steps=None):
     return _adapt(state.params, support, loss_fn, inner_optimizer=inner,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from metatts.meta import base
@@ -57,11 +56,8 @@ def reptile(
   inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
 
   def init(params):
-    params = base.copy_tree(params)  # the state owns its buffers (donation)
     base.make_partition(params, filter)  # validates the filter early
-    return base.MetaState(params=params, opt_state=outer.init((params, ())),
-                          extra=(), step=jnp.zeros((), jnp.int32),
-                          num_skipped=jnp.zeros((), jnp.int32))
+    return base.init_state(outer, params)
 
   def step(state, tasks, loss_fn):
     base.check_tasks(tasks)
@@ -95,17 +91,7 @@ def reptile(
     adapted_diff, _ = partition.split(diff)
     grads = (partition.combine(adapted_diff, frozen_grads), ())
 
-    def apply():
-      updates, opt_state = outer.update(grads, state.opt_state, (state.params, ()))
-      params, _ = optax.apply_updates((state.params, ()), updates)
-      return params, opt_state, ()
-
-    new_state, skipped = base.guarded_update(state, grads, apply)
-    metrics = dict(metrics)
-    metrics["loss"] = metrics["query_loss_after"]
-    metrics["grad_norm"] = base.global_norm(grads)
-    metrics["skipped"] = skipped
-    return new_state, metrics
+    return base.apply_meta_update(outer, state, grads, metrics)
 
   def adapt(state, support, loss_fn, num_steps=None):
     return _adapt(state.params, support, loss_fn, inner_optimizer=inner,
