@@ -21,8 +21,8 @@ of it on a fresh machine; rerunning reuses the corpus and feature caches and
 resumes training from its checkpoints).
 
 The argument picks a size: ``quickstart.py`` (default) or
-``quickstart.py:smoke`` (the tiny corpus preset, a few steps; tests use it,
-~1-2 minutes). Any key can be overridden, e.g. ``--config.train.num_steps=50``
+``quickstart.py:smoke`` (a 5-speaker corpus, a microscopic model, a few
+steps; tests use it). Any key can be overridden, e.g. ``--config.train.num_steps=50``
 or ``--config.methods='("transfer","meta-maml")'``; unknown keys are an error.
 """
 
@@ -43,8 +43,14 @@ def get_config(arg: str = "quickstart"):
   c.methods = ("transfer", "meta-fomaml")
   if size == "smoke":
     c.expected_minutes = 2
-    c.data.root = "~/.cache/metatts/synth-tiny"
-    c.data.synth_preset = "tiny"
+    c.data.root = "~/.cache/metatts/synth-smoke"
+    # Smaller than the "tiny" preset: 2 voices, 5 speakers x 5 clips (3
+    # training speakers, 1 heldout_seen, 1 heldout_unseen).
+    c.data.synth_preset = dict(
+        name="synth-smoke", voices=("flite-awb", "flite-slt"),
+        heldout_voice="flite-slt", n_sentences=20, sentences_per_voice=10,
+        min_words=3, max_words=6, train_per_voice=3,
+        heldout_seen_per_voice=1, unseen_speakers=1, utts_per_speaker=(5, 5))
     c.data.features = {"n_mels": 20, "n_fft": 512, "win_length": 400}
     c.data.max_tokens = 64
     c.data.max_frames = 192

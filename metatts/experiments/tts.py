@@ -408,7 +408,7 @@ class MultiTaskLoss:
 def set_slot_to_mean(params, slot: int):
   """Returns params whose speaker-table row ``slot`` is the mean of the
   rows before it (the trained speakers)."""
-  table = params["speaker"]["table"]["embedding"]  # [num_train + 1, D]
+  table = jnp.asarray(params["speaker"]["table"]["embedding"])  # [S + 1, D]
   mean = jnp.mean(table[:slot], axis=0)
   new = dict(params)
   new["speaker"] = dict(params["speaker"])

@@ -1,0 +1,278 @@
+"""Tests of the end-to-end TTS experiment (metatts.experiments.tts).
+
+The two slow tests share one smoke run (``quickstart.py:smoke``: a 5-speaker
+synthetic corpus, a microscopic Tacotron, 4 training steps per method):
+
+* the run writes the documented workdir layout, exports that load back with
+  the trained parameters, and samples for every method;
+* every method was adapted with the identical protocol (clips, steps,
+  optimizer, filter, learning rate);
+* ``kill -9`` during training, then a restart, ends with exactly the
+  parameters and final loss of the uninterrupted run.
+
+The fast tests check the pieces against hand computation.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from metatts.experiments import adaptation
+from metatts.experiments import tts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "configs", "quickstart.py")
+
+
+def _smoke_config(tmp):
+  sys.path.insert(0, os.path.dirname(CONFIG))
+  try:
+    import quickstart  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  c = quickstart.get_config("smoke")
+  c.data.root = os.path.join(tmp, "corpus")
+  c.data.cache_dir = os.path.join(tmp, "features")
+  c.progress = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  tmp = str(tmp_path_factory.mktemp("tts"))
+  config = _smoke_config(tmp)
+  workdir = os.path.join(tmp, "run")
+  result = tts.run(config, workdir)
+  return types.SimpleNamespace(tmp=tmp, config=config, workdir=workdir,
+                               result=result)
+
+
+def _final_params(method_dir):
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  _, params, info, _ = export.load_exported(os.path.join(method_dir,
+                                                         "model"))
+  return params, info
+
+
+@pytest.mark.slow
+def test_smoke_run_layout_export_and_protocol(smoke):
+  w = smoke.workdir
+  for name in ("config.json", "run.json", "samples/manifest.json",
+               "samples/protocol.json"):
+    assert os.path.isfile(os.path.join(w, name)), name
+  run = json.load(open(os.path.join(w, "run.json")))
+  assert run["methods"] == ["transfer", "meta-fomaml"]
+  assert run["primary"] == "meta-fomaml"
+  # Equal budget: pre-training and one-step FOMAML see the same clip passes.
+  assert run["budget"]["transfer"] == run["budget"]["meta-fomaml"] == 4 * 2 * 4
+  slot = run["speaker_slot"]
+  assert slot == len(run["speakers"]) == 3
+  for method in ("transfer", "meta-fomaml"):
+    assert os.path.isdir(os.path.join(w, method, "checkpoints", "4"))
+    assert os.path.isfile(os.path.join(w, method, "metrics.json"))
+    params, info = _final_params(os.path.join(w, method))
+    assert info["method"] == method and info["model"] == "tacotron"
+    assert info["adapt"] == {"filter": "speaker+decoder", "optimizer": "sgd",
+                             "lr": 0.01, "default_steps": 20,
+                             "speaker_slot": slot}
+    assert info["speakers"] == run["speakers"]
+    table = np.asarray(params["speaker"]["table"]["embedding"])
+    assert table.shape[0] == slot + 1
+    if method == "transfer":
+      # The new-voice row is the mean of the trained rows.
+      np.testing.assert_allclose(table[slot], table[:slot].mean(0),
+                                 rtol=1e-5, atol=1e-6)
+  # Samples: every method (scratch included) x shots x steps x speaker.
+  manifest = json.load(open(os.path.join(w, "samples", "manifest.json")))
+  assert sorted(set(manifest["speakers"].values())) == ["heldout_seen",
+                                                        "heldout_unseen"]
+  for method in ("transfer", "meta-fomaml", "scratch"):
+    for k in (1, 2):
+      for s in (0, 2):
+        for spk in manifest["speakers"]:
+          folder = os.path.join(w, "samples", method, f"shots_{k}",
+                                f"steps_{s}", spk)
+          wavs = [f for f in os.listdir(folder) if f.endswith(".wav")]
+          assert len(wavs) == 1, folder
+          ref = os.path.join(w, "samples", "reference", spk, wavs[0])
+          assert os.path.isfile(ref)
+  # One protocol for all: same clips, steps, optimizer, filter, lr.
+  protocol = json.load(open(os.path.join(w, "samples", "protocol.json")))
+  assert sorted(protocol) == ["meta-fomaml", "scratch", "transfer"]
+  first = protocol["transfer"]
+  for method, rec in protocol.items():
+    assert rec["protocol"] == first["protocol"], method
+    for spk, r in rec["speakers"].items():
+      assert r["evaluation"] == first["speakers"][spk]["evaluation"]
+      for k, sk in r["shots"].items():
+        assert sk["support"] == first["speakers"][spk]["shots"][k]["support"]
+        # Support and evaluation texts never overlap.
+        assert not set(sk["support"]) & set(r["evaluation"])
+  # Adaptation lowers the support loss of the model trained from scratch.
+  for spk, r in protocol["scratch"]["speakers"].items():
+    assert np.isfinite(r["shots"]["2"]["support_loss"]["2"])
+
+
+@pytest.mark.slow
+def test_kill9_resume_equals_uninterrupted(smoke):
+  """SIGKILL after the first checkpoint; the restart ends identically."""
+  workdir = os.path.join(smoke.tmp, "killed")
+  args = [sys.executable, os.path.join(REPO, "experiments", "main.py"),
+          f"--config={CONFIG}:smoke", f"--workdir={workdir}",
+          f"--config.data.root={smoke.config.data.root}",
+          f"--config.data.cache_dir={smoke.config.data.cache_dir}",
+          "--config.methods=('transfer',)", "--config.adapt.enabled=False",
+          "--config.progress=False"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  marker = os.path.join(workdir, "transfer", "checkpoints", "2",
+                        "commit_success.txt")
+  deadline = time.time() + 600
+  while not os.path.exists(marker) and proc.poll() is None:
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.05)
+  killed = proc.poll() is None
+  if killed:
+    proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert killed, "training finished before it could be killed"
+  assert not os.path.exists(os.path.join(workdir, "transfer", "model"))
+  out = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  run = json.load(open(os.path.join(workdir, "run.json")))
+  assert run["training"]["transfer"]["resumed_from"] == 2
+  resumed, _ = _final_params(os.path.join(workdir, "transfer"))
+  reference, _ = _final_params(os.path.join(smoke.workdir, "transfer"))
+  for a, b in zip(jax.tree_util.tree_leaves(resumed),
+                  jax.tree_util.tree_leaves(reference)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  m1 = json.load(open(os.path.join(workdir, "transfer", "metrics.json")))
+  m2 = json.load(open(os.path.join(smoke.workdir, "transfer",
+                                   "metrics.json")))
+  last = lambda m: [h for h in m["history"] if "train/loss" in h][-1]  # noqa: E731
+  assert last(m1)["train/loss"] == last(m2)["train/loss"]
+
+
+# ----------------------------------------------------------------------------
+# Fast tests of the pieces.
+
+
+class _Ex(types.SimpleNamespace):
+  pass
+
+
+def _examples(speaker, n, frames=10, tokens=5, text_prefix="t"):
+  rng = np.random.default_rng(len(speaker) + n)
+  return [_Ex(speaker=speaker, utt_id=f"{speaker}_{i:03d}",
+              text=f"{text_prefix}{i}", tokens=np.arange(1, tokens + 1,
+                                                         dtype=np.int32),
+              mel=rng.standard_normal((frames + i, 4)).astype(np.float32),
+              audio_path=f"/x/{speaker}_{i}.wav") for i in range(n)]
+
+
+def _protocol(**kw):
+  args = dict(filter="speaker+decoder", optimizer="sgd", lr=0.01,
+              steps=(0, 5), shots=(1, 3), num_eval=2, seed=0,
+              speaker_slot=7)
+  args.update(kw)
+  return adaptation.Protocol(**args)
+
+
+def test_select_clips_is_deterministic_disjoint_and_nested():
+  heldout = {"heldout_seen": {"a": _examples("a", 8), "b": _examples("b", 4)},
+             "heldout_unseen": {"c": _examples("c", 6)}}
+  p = _protocol()
+  sel = adaptation.select_clips(heldout, p)
+  again = adaptation.select_clips(heldout, p)
+  # b has 4 texts < 3 + 2 and is left out.
+  assert [(s.split, s.speaker) for s in sel] == [("heldout_seen", "a"),
+                                                 ("heldout_unseen", "c")]
+  for s, t in zip(sel, again):
+    assert [e.utt_id for e in s.support] == [e.utt_id for e in t.support]
+    assert len(s.support) == 3 and len(s.evaluation) == 2
+    assert not {e.text for e in s.support} & {e.text for e in s.evaluation}
+  other = adaptation.select_clips(heldout, p._replace(seed=1))
+  assert ([e.utt_id for e in other[0].support]
+          != [e.utt_id for e in sel[0].support]
+          or [e.utt_id for e in other[1].support]
+          != [e.utt_id for e in sel[1].support])
+
+
+def test_pad_batch_fixed_shape_and_limits():
+  exs = _examples("a", 2)
+  b = adaptation.pad_batch(exs, max_tokens=8, max_frames=16, speaker_id=7)
+  assert b.tokens.shape == (2, 8) and b.mels.shape == (2, 16, 4)
+  np.testing.assert_array_equal(b.mel_lengths, [10, 11])
+  np.testing.assert_array_equal(b.speaker_ids, [7, 7])
+  np.testing.assert_array_equal(b.mels[1, :11], exs[1].mel)
+  assert not b.mels[0, 10:].any()
+  with pytest.raises(ValueError, match="max_frames"):
+    adaptation.pad_batch(exs, max_tokens=8, max_frames=10, speaker_id=0)
+
+
+def test_protocol_from_config_validates():
+  c = tts.default_config().adapt
+  p = adaptation.protocol_from_config(c, 5)
+  assert p.steps == (0, 5, 20, 100) and p.shots == (1, 5)
+  assert p.speaker_slot == 5 and p.optimizer == "sgd"
+  c.optimizer = "rmsprop"
+  with pytest.raises(ValueError, match="optimizer"):
+    adaptation.protocol_from_config(c, 5)
+  c.optimizer = "sgd"
+  c.filter = "speakr"
+  with pytest.raises(ValueError, match="speakr"):
+    adaptation.protocol_from_config(c, 5)
+
+
+def test_set_slot_to_mean_and_clip_passes():
+  table = np.arange(12, dtype=np.float32).reshape(4, 3)
+  params = {"speaker": {"table": {"embedding": table}}, "decoder": {"w": 1}}
+  out = tts.set_slot_to_mean(params, 3)
+  np.testing.assert_allclose(out["speaker"]["table"]["embedding"][3],
+                             [3.0, 4.0, 5.0])
+  np.testing.assert_array_equal(out["speaker"]["table"]["embedding"][:3],
+                                table[:3])
+  assert params["speaker"]["table"]["embedding"][3, 0] == 9.0  # not mutated
+  t = tts.default_config().train  # N=4, K=5, Q=5
+  assert tts.clip_passes("transfer", t, 10) == 10 * 4 * 10
+  assert tts.clip_passes("meta-fomaml", t, 10) == 10 * 4 * (5 + 5)
+  assert tts.clip_passes("meta-reptile", t, 10) == 10 * 4 * 5 * 3
+  with pytest.raises(ValueError, match="known methods"):
+    tts.make_learner("meta-foo", t, "all")
+
+
+def test_task_stream_depends_only_on_seed_and_step():
+  train = {s: _examples(s, 6, text_prefix=s) for s in ("a", "b", "c")}
+  data = tts.Data("/x", None, train, {}, ["a", "b", "c"],
+                  adaptation_buckets(), {})
+  c = tts.default_config()
+  c.train.num_tasks, c.train.num_support, c.train.num_query = 2, 2, 1
+  key = np.asarray(jax.random.PRNGKey(0))
+  full = tts.task_factory(data, c, None)(key, 0)
+  first = [next(full) for _ in range(5)]
+  resumed = tts.task_factory(data, c, None)(key, 3)
+  for expect in first[3:]:
+    got = next(resumed)
+    for a, b in zip(jax.tree_util.tree_leaves(expect),
+                    jax.tree_util.tree_leaves(got)):
+      np.testing.assert_array_equal(a, b)
+  # Meta methods put every clip on the new-voice slot.
+  slotted = next(tts.task_factory(data, c, 3)(key, 0))
+  assert (slotted.support.speaker_ids == 3).all()
+  assert (slotted.query.speaker_ids == 3).all()
+  np.testing.assert_array_equal(slotted.support.mels, first[0].support.mels)
+
+
+def adaptation_buckets():
+  from metatts.data import sampler  # pylint: disable=g-import-not-at-top
+  return sampler.Buckets((8,), (32,))
