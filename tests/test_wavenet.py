@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 from scipy.special import expit
 
+from metatts import functional
 from metatts.models import wavenet as wn
 from metatts.types import VocoderBatch
 
@@ -168,19 +169,20 @@ def test_fast_generation_equals_naive_mixture_kernel3(mels):
 def sine_training():
   """Tiny WaveNet (hop 200 at 16 kHz), 0.05 s of a 400 Hz sine, Adam step.
 
-  The step is a plain ``jax.jit`` over the flattened parameter vector (the
-  ``metatts.functional`` style: ``nnx.split`` once, merge inside the loss),
-  with a trace counter to detect recompiles.
+  The step is a plain ``jax.jit`` over the flattened parameter vector of
+  ``metatts.functional.split`` (merge inside the loss), with a trace counter
+  to detect recompiles.
   """
   cfg = wn.wavenet_config("tiny", n_mels=N_MELS)
   model = wn.WaveNet(cfg, rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = functional.split(model)
   flat, unravel = ravel_pytree(params)
   tx = optax.adam(1e-2)
   traces = []
+  model_loss = functional.make_loss_fn(graphdef, rest)  # model.loss(batch)
 
   def loss_fn(flat, batch):
-    return wn.wavenet_loss(nnx.merge(graphdef, unravel(flat), rest), batch)
+    return model_loss(unravel(flat), batch)
 
   @jax.jit
   def step(flat, opt_state, batch):
