@@ -24,17 +24,23 @@ def loss_fn(params, batch):
   return jnp.mean((pred - y) ** 2), {}
 
 
-def main():
-  assert jax.device_count() == 4, jax.devices()
+def make_problem(num_batches=3, num_tasks=8):
+  """A small tanh-MLP regression problem: initial params and meta-batches."""
   rng = np.random.default_rng(0)
   params = {"w1": rng.normal(size=(2, 16)).astype(np.float32) * 0.5,
             "b1": np.zeros(16, np.float32),
             "w2": rng.normal(size=(16, 1)).astype(np.float32) * 0.5}
   batches = []
-  for _ in range(3):
-    x = rng.normal(size=(8, 10, 2)).astype(np.float32)
+  for _ in range(num_batches):
+    x = rng.normal(size=(num_tasks, 10, 2)).astype(np.float32)
     y = np.sin(x.sum(-1, keepdims=True))
     batches.append(Task(support=(x[:, :5], y[:, :5]), query=(x[:, 5:], y[:, 5:])))
+  return params, batches
+
+
+def main():
+  assert jax.device_count() == 4, jax.devices()
+  params, batches = make_problem()
   results = {}
   for name in ("maml", "reptile", "imaml", "metasgd"):
     finals = []

@@ -16,25 +16,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from metatts import meta  # noqa: E402
-from meta_devices import loss_fn  # noqa: E402  (same toy model)
-from metatts.types import Task  # noqa: E402
-
-
-def batches():
-  rng = np.random.default_rng(0)
-  params = {"w1": rng.normal(size=(2, 16)).astype(np.float32) * 0.5,
-            "b1": np.zeros(16, np.float32),
-            "w2": rng.normal(size=(16, 1)).astype(np.float32) * 0.5}
-  out = []
-  for _ in range(3):
-    x = rng.normal(size=(8, 10, 2)).astype(np.float32)
-    y = np.sin(x.sum(-1, keepdims=True))
-    out.append(Task(support=(x[:, :5], y[:, :5]), query=(x[:, 5:], y[:, 5:])))
-  return params, out
+from meta_devices import loss_fn, make_problem  # noqa: E402  (same toy problem)
 
 
 def run(process_id=None):
-  params, tasks_list = batches()
+  params, tasks_list = make_problem()
   learner = meta.maml(outer_optimizer=optax.adam(1e-2))
   step = meta.make_step(learner, loss_fn)
   state = learner.init(params)
