@@ -1,0 +1,987 @@
+"""The few-shot facade: load a trained model, adapt it to clips, speak.
+
+    import metatts
+    tts = metatts.load("WORKDIR")                     # or WORKDIR/<method>[/model]
+    voice = tts.adapt(wavs=["a.wav", "b.wav"], texts=["Hello.", "Bye."])
+    print(voice.losses)                               # support loss per step
+    audio, sr = voice.synthesize("Any English sentence.")
+    voice.save("my_voice"); voice = metatts.load_voice("my_voice")
+
+What happens underneath, and why:
+
+* ``load`` reads the export a training run writes (``WORKDIR/<method>/model``,
+  see ``metatts.training.export``): the acoustic model (Tacotron-style, text
+  -> log-mel), the feature and text settings it was trained with, and the
+  adaptation protocol (parameter filter, inner optimizer, learning rate,
+  default number of steps, learned inner learning rates, the speaker-table row
+  reserved for a new voice). A vocoder export in ``WORKDIR/vocoder/model`` is
+  used when present, Griffin-Lim otherwise.
+* ``TTS.adapt`` loads and checks every clip (unreadable, silent, too short or
+  long, empty transcript, a transcript whose length cannot match the clip ->
+  ``ValueError`` naming the clip and the fix), computes log-mels exactly like
+  the training features, and runs ``metatts.meta.adapt`` - the inner loop the
+  meta-learners were trained through - with the exported protocol. The clips
+  are padded to bucketed lengths (frames to a multiple of ``FRAME_BUCKET``,
+  symbols to a multiple of ``TOKEN_BUCKET``); padding is masked, so it does not
+  change the loss, and a jitted adaptation is compiled once per (number of
+  clips, length bucket, steps). The number of clips is not padded: an empty
+  padding clip would divide by zero in the guided-attention loss, and a
+  repeated one would weight clips unequally.
+* ``Voice.synthesize`` normalizes the text with the model's symbol set, splits
+  long text into sentences, runs Tacotron inference (stop token or a frame
+  budget proportional to the text length) and a vocoder, and returns a float32
+  waveform at the training sample rate.
+* ``Voice.save`` writes the adapted parameters with Orbax (never pickle) as an
+  export of its own, plus ``voice.json`` (base model, speaker slot, steps,
+  clips, losses) and a copy of the vocoder, so ``load_voice`` needs nothing
+  else.
+
+References:
+  Finn et al. (2017), Model-agnostic meta-learning for fast adaptation of deep
+    networks, ICML, arXiv:1703.03400.
+  Arik et al. (2018), Neural voice cloning with a few samples, NeurIPS,
+    arXiv:1802.06006 (speaker adaptation by fine-tuning a multi-speaker TTS).
+  Huang et al. (2022), Meta-TTS: Meta-learning for few-shot speaker adaptive
+    text-to-speech, IEEE/ACM TASLP, arXiv:2111.04040.
+  Shen et al. (2018), Natural TTS synthesis by conditioning WaveNet on mel
+    spectrogram predictions, ICASSP, arXiv:1712.05884.
+  Griffin & Lim (1984), Signal estimation from modified short-time Fourier
+    transform, IEEE TASSP.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metatts import functional
+from metatts import meta
+from metatts.audio import features as afeat
+from metatts.audio import io as aio
+from metatts.audio import text as atext
+from metatts.data import features as dfeat
+from metatts.types import TTSBatch
+
+PathLike = Union[str, os.PathLike]
+ClipLike = Union[PathLike, np.ndarray]
+
+MIN_CLIPS = 1
+MAX_CLIPS = 10
+MAX_STEPS = 10000
+# Padded shapes: frames to a multiple of FRAME_BUCKET, symbols of TOKEN_BUCKET.
+FRAME_BUCKET = 64
+TOKEN_BUCKET = 16
+# A transcript is rejected when the clip gives it less than MIN_SEC_PER_SYMBOL
+# or more than MAX_SEC_PER_SYMBOL seconds per symbol (read speech: ~0.07 s).
+MIN_SEC_PER_SYMBOL = 0.01
+MAX_SEC_PER_SYMBOL = 1.0
+# Synthesis frame budget: at most this many seconds per input symbol.
+SYNTH_SEC_PER_SYMBOL = 0.25
+SENTENCE_PAUSE_SECONDS = 0.15
+GRIFFIN_LIM_ITERS = 32
+# Synthesized audio louder than this peak is scaled down to it.
+PEAK_LIMIT = 0.99
+
+VOICE_FORMAT = "metatts-voice"
+VOICE_VERSION = 1
+VOICE_FILE = "voice.json"
+MODEL_FILE = "model.json"
+
+# Inner optimizers the export may name (config value -> optax constructor).
+OPTIMIZERS = {
+    "sgd": optax.sgd,
+    "adam": optax.adam,
+}
+
+
+# ----------------------------------------------------------------------------
+# Locating and loading exports.
+
+
+def _export_module():
+  """``metatts.training.export`` (imported late: it pulls in training code)."""
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  return export
+
+
+def resolve_model_dir(path: PathLike) -> str:
+  """Finds the acoustic-model export for a workdir, method dir or export dir.
+
+  Args:
+    path: ``WORKDIR`` (uses ``run.json``'s ``primary`` method, else the only
+      method with an export), ``WORKDIR/<method>`` or
+      ``WORKDIR/<method>/model``.
+
+  Returns:
+    The export directory (the one holding ``model.json``).
+
+  Raises:
+    FileNotFoundError: nothing exported there; the message says what to run.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"Model path {path} does not exist. Pass a training WORKDIR, "
+        "WORKDIR/<method> or WORKDIR/<method>/model (run `make quickstart` or "
+        "experiments/main.py to create one).")
+  if os.path.isfile(os.path.join(path, MODEL_FILE)):
+    return path
+  if os.path.isfile(os.path.join(path, "model", MODEL_FILE)):
+    return os.path.join(path, "model")
+  run_json = os.path.join(path, "run.json")
+  if os.path.isfile(run_json):
+    try:
+      with open(run_json, encoding="utf-8") as f:
+        run = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"Cannot read {run_json} ({e}); re-run training or pass "
+                       "WORKDIR/<method>/model directly.") from e
+    primary = run.get("primary")
+    if primary and os.path.isfile(os.path.join(path, primary, "model",
+                                               MODEL_FILE)):
+      return os.path.join(path, primary, "model")
+  found = sorted(
+      d for d in os.listdir(path) if d != "vocoder" and
+      os.path.isfile(os.path.join(path, d, "model", MODEL_FILE)))
+  if len(found) == 1:
+    return os.path.join(path, found[0], "model")
+  if found:
+    raise ValueError(
+        f"{path} holds exports of several methods {found} and no run.json "
+        "names a primary one; pass one of them, e.g. "
+        f"{os.path.join(path, found[0])}.")
+  raise FileNotFoundError(
+      f"No exported model under {path}: expected {path}/{MODEL_FILE}, "
+      f"{path}/model/{MODEL_FILE} or {path}/<method>/model/{MODEL_FILE}. "
+      "Training writes the export when it finishes; re-run it (or wait for "
+      "it to end) and point at WORKDIR/<method>/model.")
+
+
+def _vocoder_dir_for(model_dir: str) -> Optional[str]:
+  """``WORKDIR/vocoder/model`` next to ``WORKDIR/<method>/model``, if any."""
+  candidates = [
+      os.path.join(model_dir, "vocoder", "model"),  # a saved voice
+      os.path.join(os.path.dirname(os.path.dirname(model_dir)), "vocoder",
+                   "model"),  # a training workdir
+  ]
+  for c in candidates:
+    if os.path.isfile(os.path.join(c, MODEL_FILE)):
+      return c
+  return None
+
+
+def params_hash(params: Any) -> str:
+  """SHA-1 (16 hex digits) of a parameter pytree's paths, dtypes and values."""
+  h = hashlib.sha1()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    arr = np.asarray(leaf)
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+  return h.hexdigest()[:16]
+
+
+def _round_up(x: int, multiple: int) -> int:
+  return int(multiple * math.ceil(max(int(x), 1) / multiple))
+
+
+def _bucket(x: int, multiple: int, cap: int) -> int:
+  return max(int(x), min(_round_up(x, multiple), int(cap)))
+
+
+# ----------------------------------------------------------------------------
+# Vocoders.
+
+
+class GriffinLimVocoder:
+  """Log-mel -> waveform by mel inversion and Griffin-Lim (no training).
+
+  The mel is padded with silence (``log(log_floor)``) to a multiple of
+  ``FRAME_BUCKET`` frames so the jitted reconstruction compiles once per
+  bucket, and the waveform is cut back to the clip.
+  """
+
+  name = "griffin-lim"
+
+  def __init__(self, mel_config: afeat.MelConfig,
+               n_iter: int = GRIFFIN_LIM_ITERS):
+    self.mel_config = mel_config
+    self.n_iter = int(n_iter)
+    self._fn = _griffin_lim_function(mel_config, self.n_iter)
+
+  def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
+    """mel: float32 [T, M] -> float32 [T * hop] waveform."""
+    t = mel.shape[0]
+    hop = self.mel_config.hop_length
+    padded = _round_up(t + 1, FRAME_BUCKET)
+    floor = math.log(self.mel_config.log_floor)
+    mel = np.pad(mel, ((0, padded - t), (0, 0)), constant_values=floor)
+    audio = np.asarray(self._fn(jnp.asarray(mel), key))  # [(P - 1) * hop]
+    return audio[:t * hop]
+
+
+class WaveNetVocoder:
+  """Log-mel -> waveform with an exported WaveNet (fast queued generation).
+
+  References:
+    van den Oord et al. (2016), WaveNet: A generative model for raw audio,
+      arXiv:1609.03499.
+    Paine et al. (2016), Fast WaveNet generation algorithm, arXiv:1611.09482.
+  """
+
+  name = "wavenet"
+
+  def __init__(self, model: Any, info: Dict[str, Any], directory: str):
+    from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
+    self.model = model
+    self.info = info
+    self.directory = directory
+    self._generate = wavenet.generate_jit
+    c = model.config
+    self.speaker_ids = None
+    if c.speaker_source == "table":
+      slot = int(info.get("adapt", {}).get("speaker_slot", 0))
+      self.speaker_ids = np.asarray([slot], np.int32)
+
+  def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
+    """mel: float32 [T, M] -> float32 [T * hop] waveform."""
+    t = mel.shape[0]
+    hop = self.model.config.hop_length
+    padded = _round_up(t, FRAME_BUCKET)
+    mel = np.pad(mel, ((0, padded - t), (0, 0)),
+                 constant_values=float(mel.min()))
+    spk = None if self.speaker_ids is None else jnp.asarray(self.speaker_ids)
+    audio = self._generate(self.model, jnp.asarray(mel)[None], key, spk)
+    return np.asarray(audio)[0, :t * hop]
+
+
+def _load_vocoder(vocoder: Union[None, str, PathLike], model_dir: str,
+                  mel_config: afeat.MelConfig):
+  """Picks the vocoder: an export path, 'griffin-lim', or auto (None)."""
+  if isinstance(vocoder, str) and vocoder == "griffin-lim":
+    return GriffinLimVocoder(mel_config)
+  if vocoder is None:
+    directory = _vocoder_dir_for(model_dir)
+    if directory is None:
+      return GriffinLimVocoder(mel_config)
+  else:
+    directory = os.path.abspath(os.fspath(vocoder))
+    if os.path.isfile(os.path.join(directory, "model", MODEL_FILE)):
+      directory = os.path.join(directory, "model")
+  model, _, info, _ = _export_module().load_exported(directory)
+  c = model.config
+  if getattr(c, "n_mels", None) != mel_config.n_mels or getattr(
+      c, "hop_length", None) != mel_config.hop_length:
+    raise ValueError(
+        f"Vocoder {directory} expects n_mels={c.n_mels}, hop_length="
+        f"{c.hop_length} but the acoustic model uses n_mels="
+        f"{mel_config.n_mels}, hop_length={mel_config.hop_length}; pass "
+        "vocoder='griffin-lim' or a vocoder trained on the same features.")
+  if c.speaker_source == "vector":
+    warnings.warn(
+        f"Vocoder {directory} needs an external speaker vector, which a "
+        "voice does not have; using Griffin-Lim instead.", UserWarning,
+        stacklevel=3)
+    return GriffinLimVocoder(mel_config)
+  return WaveNetVocoder(model, info, directory)
+
+
+# ----------------------------------------------------------------------------
+# Compiled functions, shared by every model with the same graph and protocol.
+
+# (graphdef, filter, optimizer, lr, per_step_lrs) -> times traced.
+ADAPT_TRACES: "collections.Counter" = collections.Counter()
+
+
+@functools.lru_cache(maxsize=16)
+def _adapt_function(graphdef, filter_name: str, optimizer_name: str,
+                    lr: float, per_step_lrs: bool):
+  """Jitted ``(params, lrs, rest, batch, num_steps) -> (params, losses)``."""
+  key = (graphdef, filter_name, optimizer_name, lr, per_step_lrs)
+  predicate = functional.filter_for(filter_name)
+  inner_optimizer = OPTIMIZERS[optimizer_name](lr)
+
+  def adapt_fn(params, lrs, rest, batch, *, num_steps):
+    ADAPT_TRACES[key] += 1  # a Python side effect: runs only while tracing
+    loss_fn = functional.make_loss_fn(graphdef, rest)
+    return meta.adapt(params, batch, loss_fn,
+                      inner_optimizer=inner_optimizer, num_steps=num_steps,
+                      filter=predicate, lrs=lrs, per_step_lrs=per_step_lrs)
+
+  return jax.jit(adapt_fn, static_argnames=("num_steps",))
+
+
+@functools.lru_cache(maxsize=16)
+def _infer_function(graphdef):
+  """Jitted Tacotron inference over a params pytree (``max_frames`` static)."""
+
+  def infer_fn(params, rest, tokens, token_lengths, speaker_ids, seeds, *,
+               max_frames):
+    model = functional.merge(graphdef, params, rest)
+    return model.infer(tokens, token_lengths, speaker_ids,
+                       max_frames=max_frames, seeds=seeds)
+
+  return jax.jit(infer_fn, static_argnames=("max_frames",))
+
+
+@functools.lru_cache(maxsize=8)
+def _griffin_lim_function(mel_config: afeat.MelConfig, n_iter: int):
+  return jax.jit(functools.partial(afeat.mel_to_audio, config=mel_config,
+                                   n_iter=n_iter))
+
+
+# ----------------------------------------------------------------------------
+# Clips.
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """One prepared adaptation clip."""
+
+  name: str
+  text: str
+  tokens: np.ndarray  # int32 [L]   symbol ids, EOS last
+  mel: np.ndarray  # float32 [T, M]  log-mel, as in the training features
+
+
+def _clip_name(wav: Any, index: int) -> str:
+  if isinstance(wav, (str, os.PathLike)):
+    return os.fspath(wav)
+  return f"clip {index} (array)"
+
+
+def _prepare_audio(wav: ClipLike, index: int, sample_rate: Optional[int],
+                   fc: dfeat.FeatureConfig, max_seconds: float) -> np.ndarray:
+  """Loads/checks/trims/normalizes a clip exactly like the feature cache."""
+  name = _clip_name(wav, index)
+  if isinstance(wav, (str, os.PathLike)):
+    try:
+      return aio.load_clip(
+          os.fspath(wav), fc.sample_rate, trim=fc.trim_top_db is not None,
+          top_db=fc.trim_top_db or 40.0, normalize=fc.target_dbfs is not None,
+          target_dbfs=fc.target_dbfs if fc.target_dbfs is not None else -20.0,
+          min_seconds=fc.min_seconds, max_seconds=max_seconds)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(
+          f"Clip {index} ({name}) does not exist; check the path.") from e
+    except aio.AudioError as e:
+      raise aio.AudioError(e.reason, f"Clip {index}: {e}") from e
+  audio = np.asarray(wav)
+  if audio.dtype.kind not in "fiu":
+    raise ValueError(
+        f"Clip {index} is a {type(wav).__name__} of dtype {audio.dtype}; pass a "
+        "file path or a float waveform array in [-1, 1].")
+  if audio.ndim == 2 and min(audio.shape) <= 8:  # [S, C] or [C, S]: downmix
+    audio = audio.mean(axis=int(np.argmin(audio.shape)))
+  if audio.ndim != 1:
+    raise ValueError(
+        f"Clip {index} has shape {audio.shape}; pass a mono waveform [S].")
+  if sample_rate is None:
+    raise ValueError(
+        f"Clip {index} is an array but sample_rate is not given; call "
+        "adapt(..., sample_rate=SR) with the arrays' sample rate.")
+  if audio.dtype.kind in "iu":
+    audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max)
+  audio = aio.resample(audio.astype(np.float32), int(sample_rate),
+                       fc.sample_rate)
+  if not np.all(np.isfinite(audio)):
+    raise ValueError(f"Clip {index} holds NaN or Inf samples; pass a clean "
+                     "float waveform.")
+  sr = fc.sample_rate
+  reason = aio.check_clip(audio, sr, min_seconds=0.0,
+                          max_seconds=float("inf"))
+  if reason is None and fc.trim_top_db is not None:
+    audio = aio.trim_silence(audio, sr, top_db=fc.trim_top_db)
+  if reason is None:
+    reason = aio.check_clip(audio, sr, min_seconds=fc.min_seconds,
+                            max_seconds=max_seconds)
+  if reason is not None:
+    raise aio.AudioError(
+        reason, f"Clip {index}: unusable clip {name} ({reason}, "
+        f"{audio.shape[0] / sr:.2f} s): {aio._FIXES[reason]}.")  # pylint: disable=protected-access
+  if fc.target_dbfs is not None:
+    audio = aio.normalize_loudness(audio, fc.target_dbfs)
+  return audio
+
+
+def _encode_text(text: Any, symbols: atext.SymbolSet, what: str) -> np.ndarray:
+  if not isinstance(text, str):
+    raise ValueError(f"{what}: the text is a {type(text).__name__}, not a "
+                     "string; pass the transcript as str.")
+  if not text.strip():
+    raise ValueError(f"{what}: the text is empty; give the words spoken.")
+  try:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      ids = atext.text_to_ids(text, symbols)
+  except ValueError as e:
+    raise ValueError(f"{what}: {e}") from e
+  for w in caught:
+    warnings.warn(f"{what}: {w.message}", UserWarning, stacklevel=3)
+  return ids
+
+
+# ----------------------------------------------------------------------------
+# The model.
+
+
+class TTS:
+  """A trained acoustic model plus vocoder, ready to adapt to a new voice.
+
+  Build it with :func:`load`. Attributes: ``model_dir``, ``info`` (the
+  export's ``model.json``), ``feature_config``, ``symbols``, ``speakers``,
+  ``vocoder`` (``.name`` is 'wavenet' or 'griffin-lim'), ``params``.
+  """
+
+  def __init__(self, model: Any, params: Any, info: Dict[str, Any],
+               extra: Any, model_dir: str, vocoder: Any = None):
+    """Wraps loaded export parts (use :func:`load` instead)."""
+    self.model_dir = model_dir
+    self.info = info
+    self.graphdef, params_split, self.rest = functional.split(model)
+    self.params = params if params is not None else params_split
+    self.config = model.config
+    self.feature_config = dfeat.FeatureConfig.from_config(
+        info["feature_config"])
+    self.mel_config = self.feature_config.mel_config()
+    self.symbols = atext.symbol_set(info.get("symbols",
+                                             self.feature_config.symbols))
+    self.speakers = list(info.get("speakers", []))
+    adapt_info = dict(info.get("adapt", {}))
+    self.filter_name = adapt_info.get("filter", "speaker+decoder")
+    self.optimizer_name = adapt_info.get("optimizer", "sgd")
+    self.lr = float(adapt_info.get("lr", 0.01))
+    self.default_steps = int(adapt_info.get("default_steps", 20))
+    self.speaker_slot = int(adapt_info.get("speaker_slot", 0))
+    self.lr_mode = adapt_info.get("lr_mode")
+    self.lrs = extra if (info.get("learned_lrs") and extra) else None
+    if self.optimizer_name not in OPTIMIZERS:
+      raise ValueError(
+          f"{model_dir}/{MODEL_FILE}: adapt.optimizer="
+          f"{self.optimizer_name!r} is not supported; use one of "
+          f"{sorted(OPTIMIZERS)}.")
+    if self.config.num_mels != self.mel_config.n_mels:
+      raise ValueError(
+          f"{model_dir}/{MODEL_FILE}: model num_mels={self.config.num_mels} "
+          f"but feature_config n_mels={self.mel_config.n_mels}; re-export the "
+          "model with the features it was trained on.")
+    if self.config.num_symbols < self.symbols.num_symbols:
+      raise ValueError(
+          f"{model_dir}/{MODEL_FILE}: model num_symbols="
+          f"{self.config.num_symbols} is smaller than the "
+          f"{self.symbols.name} set ({self.symbols.num_symbols}); re-export "
+          "with the symbol set used in training.")
+    self.predicate = functional.filter_for(self.filter_name, self.params)
+    self._per_step_lrs = self._check_lrs()
+    self.vocoder = vocoder if vocoder is not None else GriffinLimVocoder(
+        self.mel_config)
+    self.max_frames = min(self.config.max_frames,
+                          self.feature_config.max_frames)
+    self.max_tokens = min(self.config.max_tokens,
+                          self.feature_config.max_tokens)
+    self.hash = params_hash(self.params)
+    self.base_model_dir = model_dir  # a loaded voice points at its origin
+    self._adapt_jit = _adapt_function(*self._adapt_key)
+    self._infer_jit = _infer_function(self.graphdef)
+
+  # ---- protocol -----------------------------------------------------------
+
+  def _check_lrs(self) -> bool:
+    """Checks exported learned inner rates; returns whether they are per step."""
+    if self.lrs is None:
+      return False
+    mask = meta.base.resolve_filter(self.params, self.predicate)
+    adapted = [x for x, m in zip(jax.tree_util.tree_leaves(self.params), mask)
+               if m]
+    lrs = list(self.lrs)
+    if len(lrs) != len(adapted):
+      raise ValueError(
+          f"{self.model_dir}: {len(lrs)} learned inner learning rates for "
+          f"{len(adapted)} adapted parameters (filter {self.filter_name!r}); "
+          "re-export the model with the filter it was meta-trained with.")
+    self.lrs = [jnp.asarray(x, jnp.float32) for x in lrs]
+    if self.lr_mode is not None:
+      return self.lr_mode == "per_step_per_layer"
+    if all(np.shape(r) == np.shape(a) for r, a in zip(lrs, adapted)):
+      return False
+    if all(np.ndim(r) == 0 for r in lrs):
+      return False
+    if all(np.ndim(r) == 1 for r in lrs) and len({np.shape(r) for r in lrs
+                                                  }) == 1:
+      return True
+    raise ValueError(
+        f"{self.model_dir}: cannot tell the layout of the learned inner "
+        "learning rates (neither per parameter, per layer nor per step); "
+        "add adapt.lr_mode to model.json.")
+
+  @property
+  def _adapt_key(self) -> Tuple[Any, ...]:
+    # With learned rates the update is the gradient times the learned rate
+    # (Meta-SGD, Li et al. 2017): the optimizer's own rate is then 1.
+    lr = 1.0 if self.lrs is not None else self.lr
+    return (self.graphdef, self.filter_name, self.optimizer_name, lr,
+            self._per_step_lrs)
+
+  @property
+  def adapt_traces(self) -> int:
+    """Times the adaptation of this graph and protocol was traced (compiled).
+
+    Shared by every ``TTS`` with the same model graph and protocol in this
+    process (e.g. a base model and the voices loaded from it).
+    """
+    return ADAPT_TRACES[self._adapt_key]
+
+  # ---- clips --------------------------------------------------------------
+
+  def prepare_clips(self, wavs: Sequence[ClipLike], texts: Sequence[str],
+                    sample_rate: Optional[int] = None,
+                    names: Optional[Sequence[str]] = None) -> List[Clip]:
+    """Loads and checks adaptation clips (see :meth:`adapt` for the rules).
+
+    Returns:
+      One :class:`Clip` per input.
+
+    Raises:
+      ValueError, FileNotFoundError: naming the bad clip and the fix.
+    """
+    if isinstance(wavs, (str, os.PathLike, np.ndarray)) and not (
+        isinstance(wavs, np.ndarray) and wavs.ndim == 2 and
+        min(wavs.shape) > 8):
+      raise ValueError(
+          "wavs must be a list of clips (paths or arrays); wrap a single clip "
+          "as wavs=[clip], texts=[text].")
+    if isinstance(texts, str):
+      raise ValueError("texts must be a list of transcripts, one per clip; "
+                       "wrap a single one as texts=[text].")
+    wavs, texts = list(wavs), list(texts)
+    if len(wavs) != len(texts):
+      raise ValueError(
+          f"Got {len(wavs)} clips but {len(texts)} transcripts; pass exactly "
+          "one transcript per clip, in the same order.")
+    if not MIN_CLIPS <= len(wavs) <= MAX_CLIPS:
+      raise ValueError(
+          f"Got {len(wavs)} clips; few-shot adaptation takes {MIN_CLIPS} to "
+          f"{MAX_CLIPS} clips. " + (
+              "Give at least one clip with its transcript." if not wavs else
+              f"Pick the {MAX_CLIPS} best (clean, 2-10 s) clips."))
+    if names is not None and len(names) != len(wavs):
+      raise ValueError(f"names has {len(names)} entries for {len(wavs)} "
+                       "clips; give one name per clip or none.")
+    fc = self.feature_config
+    hop, sr = self.mel_config.hop_length, fc.sample_rate
+    max_seconds = (self.max_frames - 1) * hop / sr
+    clips = []
+    for i, (wav, text) in enumerate(zip(wavs, texts)):
+      name = names[i] if names is not None else _clip_name(wav, i)
+      tokens = _encode_text(text, self.symbols,
+                            f"Transcript of clip {i} ({name})")
+      if tokens.shape[0] > self.max_tokens:
+        raise ValueError(
+            f"Transcript of clip {i} ({name}) has {tokens.shape[0]} symbols, "
+            f"more than the model's max_tokens={self.max_tokens}; use a "
+            "shorter clip and transcript (one sentence).")
+      audio = _prepare_audio(wav, i, sample_rate, fc, max_seconds)
+      mel = dfeat.compute_log_mel(audio, self.mel_config)  # [T, M]
+      if mel.shape[0] > self.max_frames:
+        raise ValueError(
+            f"Clip {i} ({name}) gives {mel.shape[0]} frames, more than "
+            f"max_frames={self.max_frames}; split it into shorter clips.")
+      per_symbol = audio.shape[0] / sr / tokens.shape[0]
+      if not MIN_SEC_PER_SYMBOL <= per_symbol <= MAX_SEC_PER_SYMBOL:
+        raise ValueError(
+            f"Transcript of clip {i} ({name}) does not fit the audio: "
+            f"{audio.shape[0] / sr:.2f} s for {tokens.shape[0]} symbols "
+            f"({per_symbol:.3f} s per symbol, expected "
+            f"{MIN_SEC_PER_SYMBOL}-{MAX_SEC_PER_SYMBOL}). Check that the text "
+            "is the words spoken in this clip.")
+      clips.append(Clip(name, text, tokens, mel.astype(np.float32)))
+    return clips
+
+  def make_batch(self, clips: Sequence[Clip], seed: int = 0) -> TTSBatch:
+    """Pads clips into a support ``TTSBatch`` with bucketed lengths.
+
+    Args:
+      clips: from :meth:`prepare_clips`.
+      seed: prenet-dropout seeds of the clips come from this.
+
+    Returns:
+      ``TTSBatch`` with ``tokens`` [K, L_b], ``mels`` [K, T_b, M],
+      ``speaker_ids`` all equal to the new-voice slot; ``L_b`` and ``T_b`` are
+      the longest clip rounded up to ``TOKEN_BUCKET`` / ``FRAME_BUCKET``.
+    """
+    k = len(clips)
+    lb = _bucket(max(c.tokens.shape[0] for c in clips), TOKEN_BUCKET,
+                 self.config.max_tokens)
+    tb = _bucket(max(c.mel.shape[0] for c in clips), FRAME_BUCKET,
+                 self.config.max_frames)
+    m = self.config.num_mels
+    tokens = np.zeros((k, lb), np.int32)
+    mels = np.zeros((k, tb, m), np.float32)
+    for i, c in enumerate(clips):
+      tokens[i, :c.tokens.shape[0]] = c.tokens
+      mels[i, :c.mel.shape[0]] = c.mel
+    seeds = np.random.default_rng(seed).integers(0, 2**32 - 1, size=k,
+                                                 dtype=np.uint32)
+    return TTSBatch(
+        tokens=jnp.asarray(tokens),
+        token_lengths=jnp.asarray([c.tokens.shape[0] for c in clips],
+                                  jnp.int32),
+        mels=jnp.asarray(mels),
+        mel_lengths=jnp.asarray([c.mel.shape[0] for c in clips], jnp.int32),
+        speaker_ids=jnp.full((k,), self.speaker_slot, jnp.int32),
+        seeds=jnp.asarray(seeds))
+
+  # ---- adaptation ---------------------------------------------------------
+
+  def adapt(self, wavs: Sequence[ClipLike], texts: Sequence[str],
+            steps: Optional[int] = None, seed: int = 0,
+            sample_rate: Optional[int] = None,
+            names: Optional[Sequence[str]] = None) -> "Voice":
+    """Adapts the model to a new speaker from 1-10 transcribed clips.
+
+    Runs ``metatts.meta.adapt`` (the meta-learners' inner loop) with the
+    exported protocol: filter ``self.filter_name``, optimizer
+    ``self.optimizer_name`` at ``self.lr`` (or the learned inner rates), on
+    the speaker-table row ``self.speaker_slot``.
+
+    Args:
+      wavs: 1-10 clips: audio file paths (any libsndfile format, resampled to
+        the model's rate) or float waveform arrays [S] (then ``sample_rate``
+        is required). Clips are trimmed and loudness-normalized like the
+        training features; 2-10 s of clean speech each works best.
+      texts: the transcript of each clip (raw English; numbers and
+        abbreviations are expanded).
+      steps: gradient steps (default: the export's ``default_steps``).
+      seed: seed of the prenet-dropout masks used while adapting.
+      sample_rate: sample rate of array clips.
+      names: optional clip names recorded in the voice (default: the paths).
+
+    Returns:
+      A :class:`Voice`; ``voice.losses`` is the support loss before each step
+      and after the last.
+
+    Raises:
+      ValueError: wrong number of clips, mismatched lists, an unreadable,
+        silent, clipped, too short or too long clip, an empty transcript or
+        one that cannot match its clip (the message names the clip).
+      FileNotFoundError: a clip path does not exist.
+    """
+    steps = self.default_steps if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) \
+        or not 0 <= int(steps) <= MAX_STEPS:
+      raise ValueError(f"steps={steps!r} must be an integer in [0, "
+                       f"{MAX_STEPS}] (typical: 5-100).")
+    clips = self.prepare_clips(wavs, texts, sample_rate, names)
+    batch = self.make_batch(clips, seed)
+    params, losses = self._adapt_jit(self.params, self.lrs, self.rest, batch,
+                                     num_steps=int(steps))
+    losses = np.asarray(losses, np.float32)
+    if not np.all(np.isfinite(losses)):
+      raise FloatingPointError(
+          f"Adaptation diverged (support losses {losses.tolist()}); use fewer "
+          "steps or check the clips (very loud or noisy audio).")
+    info = {
+        "steps": int(steps), "seed": int(seed),
+        "clips": [c.name for c in clips], "texts": [c.text for c in clips],
+        "losses": losses.tolist(), "filter": self.filter_name,
+        "optimizer": self.optimizer_name, "lr": self.lr,
+        "learned_lrs": self.lrs is not None,
+    }
+    return Voice(self, params, self.speaker_slot, info)
+
+  def voice(self, speaker: Union[int, str, None] = None) -> "Voice":
+    """A voice without adaptation: a training speaker, or the new-voice slot.
+
+    Args:
+      speaker: a training speaker id (see ``self.speakers``) or table row;
+        None = the new-voice slot with the trained parameters (zero steps).
+
+    Returns:
+      A :class:`Voice` with the base parameters.
+    """
+    if speaker is None:
+      slot = self.speaker_slot
+    elif isinstance(speaker, str):
+      if speaker not in self.speakers:
+        raise ValueError(f"Unknown speaker {speaker!r}; the model knows "
+                         f"{self.speakers[:20]} (self.speakers).")
+      slot = self.speakers.index(speaker)
+    else:
+      slot = int(speaker)
+    if not 0 <= slot < self.config.num_speakers:
+      raise ValueError(f"Speaker row {slot} outside [0, "
+                       f"{self.config.num_speakers}).")
+    return Voice(self, self.params, slot,
+                 {"steps": 0, "speaker": speaker, "losses": [], "clips": []})
+
+  # ---- synthesis ----------------------------------------------------------
+
+  def split_text(self, text: str) -> List[np.ndarray]:
+    """Normalizes ``text`` and cuts it into sentence chunks of symbol ids.
+
+    Raises:
+      ValueError: not a string, empty, or nothing speakable in it.
+    """
+    if not isinstance(text, str):
+      raise ValueError(f"Text to speak is a {type(text).__name__}; pass a "
+                       "str.")
+    if not text.strip():
+      raise ValueError("Text to speak is empty; pass at least one word.")
+    sentences = [s for s in re.split(r"(?<=[.!?;:])\s+", text.strip()) if s]
+    chunks = []
+    for sentence in sentences:
+      pieces = [sentence]
+      while pieces:
+        piece = pieces.pop(0)
+        if not re.search(r"[A-Za-z0-9]", atext.normalize_text(piece)):
+          continue  # punctuation only
+        ids = _encode_text(piece, self.symbols, "Text to speak")
+        if ids.shape[0] <= self.max_tokens:
+          chunks.append(ids)
+          continue
+        words = piece.split()
+        if len(words) < 2:
+          raise ValueError(
+              f"Text to speak has a word of {ids.shape[0]} symbols, more "
+              f"than max_tokens={self.max_tokens}; split it.")
+        half = len(words) // 2
+        pieces[:0] = [" ".join(words[:half]), " ".join(words[half:])]
+    if not chunks:
+      raise ValueError(
+          f"Text to speak {text!r} has nothing speakable in the "
+          f"{self.symbols.name} set (after normalization); write it in "
+          "English letters, digits and punctuation.")
+    return chunks
+
+  def synthesize(self, params: Any, speaker_slot: int, text: str,
+                 seed: int = 0, return_mel: bool = False):
+    """Text -> waveform with given parameters (see :meth:`Voice.synthesize`)."""
+    fc = self.feature_config
+    sr, hop = fc.sample_rate, self.mel_config.hop_length
+    chunks = self.split_text(text)
+    pause = np.zeros(int(SENTENCE_PAUSE_SECONDS * sr), np.float32)
+    pieces, mels = [], []
+    for i, ids in enumerate(chunks):
+      lb = _bucket(ids.shape[0], TOKEN_BUCKET, self.config.max_tokens)
+      tokens = np.zeros((1, lb), np.int32)
+      tokens[0, :ids.shape[0]] = ids
+      budget = int(SYNTH_SEC_PER_SYMBOL * lb * sr / hop)
+      max_frames = min(self.config.max_frames,
+                       _round_up(budget, FRAME_BUCKET))
+      seeds = np.asarray([(seed * 1000003 + i) % 2**32], np.uint32)
+      out = self._infer_jit(params, self.rest, jnp.asarray(tokens),
+                            jnp.asarray([ids.shape[0]], jnp.int32),
+                            jnp.asarray([speaker_slot], jnp.int32),
+                            jnp.asarray(seeds), max_frames=max_frames)
+      length = max(int(out.lengths[0]), 2)
+      mel = np.asarray(out.mel[0, :length], np.float32)  # [T, M]
+      key = jax.random.fold_in(jax.random.key(seed), i)
+      audio = np.asarray(self.vocoder(mel, key), np.float32)
+      if i:
+        pieces.append(pause)
+      pieces.append(audio)
+      mels.append(mel)
+    audio = np.concatenate(pieces).astype(np.float32)
+    audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak > PEAK_LIMIT:  # keep it playable: scale down, never clip
+      audio = audio * np.float32(PEAK_LIMIT / peak)
+    if return_mel:
+      return audio, sr, np.concatenate(mels, 0)
+    return audio, sr
+
+
+# ----------------------------------------------------------------------------
+# Voices.
+
+
+class Voice:
+  """An adapted voice: parameters for a speaker slot of a :class:`TTS`.
+
+  Attributes:
+    tts: the base model (graph, features, vocoder).
+    params: the adapted parameter pytree.
+    speaker_slot: the speaker-table row the voice speaks with.
+    info: what produced it (steps, clips, seed, losses, protocol).
+    losses: float32 [steps + 1] support loss before each step and after the
+      last (empty for a voice made without adaptation).
+  """
+
+  def __init__(self, tts: TTS, params: Any, speaker_slot: int,
+               info: Dict[str, Any]):
+    self.tts = tts
+    self.params = params
+    self.speaker_slot = int(speaker_slot)
+    self.info = dict(info)
+    self.losses = np.asarray(self.info.get("losses", []), np.float32)
+
+  @property
+  def sample_rate(self) -> int:
+    return self.tts.feature_config.sample_rate
+
+  def synthesize(self, text: str, seed: int = 0,
+                 return_mel: bool = False):
+    """Speaks ``text`` in this voice.
+
+    Args:
+      text: English text; numbers, abbreviations and punctuation are
+        normalized like the training transcripts, and long text is split into
+        sentences (joined with short pauses).
+      seed: seed of the prenet dropout and the vocoder's sampling / initial
+        phase; the same seed gives the same waveform.
+      return_mel: also return the predicted log-mel [T, M].
+
+    Returns:
+      ``(audio, sample_rate)``: float32 waveform [S] and its rate (plus the
+      mel when ``return_mel``).
+
+    Raises:
+      ValueError: empty text or text with nothing speakable.
+    """
+    return self.tts.synthesize(self.params, self.speaker_slot, text, seed,
+                               return_mel)
+
+  def save(self, directory: PathLike) -> str:
+    """Writes the voice so :func:`load_voice` restores it standalone.
+
+    Layout: ``model.json`` + ``params/`` (an export, Orbax), ``voice.json``
+    and ``vocoder/model`` (a copy of the vocoder export, when one is used).
+
+    Args:
+      directory: a new or empty directory (an existing voice is replaced).
+
+    Returns:
+      The absolute directory.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.isdir(directory) and os.listdir(directory):
+      if not os.path.isfile(os.path.join(directory, VOICE_FILE)):
+        raise ValueError(
+            f"{directory} exists and is not a saved voice; choose a new or "
+            "empty directory.")
+      shutil.rmtree(directory)
+    os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
+    tts, info = self.tts, self.tts.info
+    if directory == tts.model_dir:
+      raise ValueError(
+          f"Cannot save the voice over {directory}, the directory it was "
+          "loaded from; choose another directory.")
+    standard = ("format", "version", "method", "model", "model_config",
+                "feature_config", "symbols", "speakers", "adapt",
+                "learned_lrs", "has_extra", "directory")
+    _export_module().export_model(
+        directory, method=info.get("method", "unknown"),
+        model_name=info.get("model", "tacotron"),
+        model_config=info["model_config"], params=self.params,
+        feature_config=info["feature_config"],
+        symbols=info.get("symbols", tts.symbols.name),
+        speakers=info.get("speakers", []), adapt=info.get("adapt", {}),
+        extra=tts.lrs,
+        info={k: v for k, v in info.items() if k not in standard})
+    voc = tts.vocoder
+    if isinstance(voc, WaveNetVocoder):
+      shutil.copytree(voc.directory, os.path.join(directory, "vocoder",
+                                                  "model"))
+    record = {
+        "format": VOICE_FORMAT, "version": VOICE_VERSION,
+        "base_model": tts.base_model_dir, "base_model_hash": tts.hash,
+        "base_method": info.get("method"),
+        "speaker_slot": self.speaker_slot, "vocoder": voc.name,
+        "sample_rate": self.sample_rate, **self.info,
+    }
+    with open(os.path.join(directory, VOICE_FILE), "w",
+              encoding="utf-8") as f:
+      json.dump(record, f, indent=1)
+    return directory
+
+
+def load(path: PathLike, vocoder: Union[None, str, PathLike] = None) -> TTS:
+  """Loads a trained model for few-shot adaptation.
+
+  Args:
+    path: a training ``WORKDIR`` (its primary method), ``WORKDIR/<method>``
+      or ``WORKDIR/<method>/model``.
+    vocoder: None (``WORKDIR/vocoder/model`` if exported, else Griffin-Lim),
+      'griffin-lim', or a vocoder export directory.
+
+  Returns:
+    A :class:`TTS`.
+
+  Raises:
+    FileNotFoundError: no export there (the message says what to run).
+    ValueError: a corrupt or inconsistent export.
+  """
+  model_dir = resolve_model_dir(path)
+  model, params, info, extra = _export_module().load_exported(model_dir)
+  if info.get("model", "tacotron") != "tacotron":
+    raise ValueError(
+        f"{model_dir} holds a {info.get('model')!r} model; metatts.load needs "
+        "an acoustic (tacotron) export such as WORKDIR/<method>/model.")
+  fc = dfeat.FeatureConfig.from_config(info["feature_config"])
+  voc = _load_vocoder(vocoder, model_dir, fc.mel_config())
+  return TTS(model, params, info, extra, model_dir, voc)
+
+
+def load_voice(directory: PathLike,
+               vocoder: Union[None, str, PathLike] = None) -> Voice:
+  """Restores a voice written by :meth:`Voice.save`.
+
+  Args:
+    directory: the voice directory.
+    vocoder: as in :func:`load` (default: the copy saved with the voice).
+
+  Returns:
+    The :class:`Voice`; it synthesizes exactly like the saved one.
+
+  Raises:
+    FileNotFoundError: not a saved voice.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  path = os.path.join(directory, VOICE_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{directory} is not a saved voice (no {VOICE_FILE}); create one with "
+        "voice.save(DIR) or `python -m metatts adapt ... --out DIR`.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"Corrupt {path} ({e}); adapt and save the voice "
+                     "again.") from e
+  if record.get("format") != VOICE_FORMAT:
+    raise ValueError(f"{path} is not a metatts voice (format "
+                     f"{record.get('format')!r}); adapt and save again.")
+  if int(record.get("version", 0)) > VOICE_VERSION:
+    raise ValueError(f"{path} has voice format version {record['version']}, "
+                     f"newer than this metatts ({VOICE_VERSION}); upgrade "
+                     "metatts.")
+  model, params, info, extra = _export_module().load_exported(directory)
+  fc = dfeat.FeatureConfig.from_config(info["feature_config"])
+  if vocoder is None and record.get("vocoder") == "griffin-lim":
+    vocoder = "griffin-lim"
+  voc = _load_vocoder(vocoder, directory, fc.mel_config())
+  tts = TTS(model, params, info, extra, directory, voc)
+  tts.hash = record.get("base_model_hash", tts.hash)
+  tts.base_model_dir = record.get("base_model", directory)
+  fields = {k: v for k, v in record.items() if k not in (
+      "format", "version", "base_model", "base_model_hash", "base_method",
+      "speaker_slot", "vocoder", "sample_rate")}
+  return Voice(tts, tts.params, int(record["speaker_slot"]), fields)
+
+
+__all__ = ["Clip", "GriffinLimVocoder", "TTS", "Voice", "WaveNetVocoder",
+           "load", "load_voice", "params_hash", "resolve_model_dir"]
