@@ -4,12 +4,15 @@ The argument is ``METHOD[,SIZE]``: METHOD is one of maml, fomaml, reptile,
 metasgd, imaml, pretrain; SIZE is ``smoke`` (seconds, for tests), ``quick``
 (the default) or ``paper`` (Finn et al.'s 70 000 meta-steps).
 
-Quickstart (what ``make quickstart`` runs; ~RUNTIME_QUICK on a 2-core CPU):
+Quickstart (what ``make quickstart`` runs): 10 000 meta-steps of MAML, then
+the MSE on 600 held-out tasks after 0/1/10 steps. Measured: 3 minutes wall
+(81 s in the training loop) on a 2-core CPU shared with other jobs:
 
   python experiments/main.py --config experiments/configs/sinusoid.py:maml \
       --workdir runs/quickstart
 
-Results table in docs/results/sinusoid.md, one run per method:
+Results table in docs/results/sinusoid.md, one run per method (1.5-4 minutes
+each on that machine):
 
   for m in maml fomaml reptile metasgd imaml pretrain; do
     python experiments/main.py --config experiments/configs/sinusoid.py:$m \

@@ -241,7 +241,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   Returns:
     A dict with ``method``, ``mse`` (``{"0": ..., "1": ..., "10": ...}`` mean
     query MSE over ``config.num_eval_tasks`` held-out tasks), ``mse_ci95``
-    (half-width of the 95% interval), ``num_steps``, ``train_seconds``,
+    (half-width of the 95% interval), ``mse_median``, ``num_diverged``
+    (tasks whose adapted MSE is not finite), ``num_steps``, ``train_seconds``,
     ``workdir``, ``results_path`` and ``plot_path``.
   """
   os.makedirs(workdir, exist_ok=True)
@@ -278,6 +279,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "mse": {str(n): float(v.mean()) for n, v in mse.items()},
       "mse_ci95": {str(n): float(1.96 * v.std(ddof=1) / np.sqrt(v.size))
                    for n, v in mse.items()},
+      # Robust to the few tasks where adaptation diverges.
+      "mse_median": {str(n): float(np.median(v)) for n, v in mse.items()},
+      "num_diverged": {str(n): int(np.sum(~np.isfinite(v)))
+                       for n, v in mse.items()},
       "num_steps": int(result.step),
       "num_skipped": int(result.meta_state.num_skipped),
       "train_seconds": train_seconds,
