@@ -314,3 +314,25 @@ def test_prefetcher_bounded_and_propagates_errors():
     next(pf)
   assert list(smp.Prefetcher(iter([1, 2, 3]))) == [1, 2, 3]
   assert threading.active_count() < 10
+
+
+def test_jitted_step_compiles_at_most_once_per_bucket(speakers):
+  jax = pytest.importorskip("jax")
+  traces = []
+
+  @jax.jit
+  def step(task):
+    traces.append(task.support.mels.shape)  # runs only while tracing
+    s, q = task.support, task.query
+    mask = (np.arange(s.mels.shape[2])[None, None, :] <
+            s.mel_lengths[..., None])
+    return (s.mels.sum(-1) * mask).sum() + q.mels.sum()
+
+  s = smp.EpisodeSampler(speakers, num_tasks=2, num_support=1, num_query=1,
+                         num_buckets=4, seed=0)
+  seen = set()
+  for task in s.episodes(60):
+    step(task).block_until_ready()
+    seen.add(task.support.mels.shape)
+  assert len(traces) == len(seen) <= len(s.buckets)
+  assert len(seen) > 1

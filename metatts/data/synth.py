@@ -833,6 +833,35 @@ def _clear_previous(out_dir: str) -> None:
       os.remove(p)
 
 
+def _jax_running() -> bool:
+  """True once JAX has started its (multithreaded) runtime in this process."""
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  return bool(getattr(bridge, "_backends", None))
+
+
+def _pool_context():
+  """A multiprocessing context that is safe here (None: run in-process).
+
+  Workers only run numpy, pyworld and subprocesses. ``fork`` is cheapest, but
+  forking a process whose JAX runtime threads are running can deadlock; then
+  a ``forkserver`` (a clean single-threaded server that imported this module
+  once) forks the workers instead.
+  """
+  methods = multiprocessing.get_all_start_methods()
+  if "fork" in methods and not _jax_running():
+    return multiprocessing.get_context("fork")
+  main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+  if main_file is not None and not os.path.isfile(main_file):
+    # forkserver/spawn workers re-import the main module from its file; a
+    # script read from stdin cannot be, and the pool would respawn forever.
+    return None
+  if "forkserver" in methods:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["metatts.data.synth"])
+    return ctx
+  return multiprocessing.get_context("spawn")
+
+
 def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
                  workers: int | None = None, force: bool = False,
                  progress: bool = True) -> str:
@@ -932,23 +961,32 @@ def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
                disable=not progress)
   except ImportError:  # pragma: no cover
     bar = None
-  if workers <= 1:
+  ctx = _pool_context() if workers > 1 else None
+  if workers > 1 and ctx is None:
+    logger.warning("JAX is running and the main script (%s) cannot be "
+                   "re-imported by worker processes; building in-process.",
+                   getattr(sys.modules["__main__"], "__file__", "?"))
+  if ctx is None:
     results = map(_run_job, jobs)
     pool = None
   else:
-    # Workers only run numpy, pyworld and subprocesses (never JAX), so fork
-    # is safe and avoids re-importing the package in every worker.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     pool = ctx.Pool(workers)
     results = pool.imap_unordered(_run_job, jobs, chunksize=1)
+  n_written = 0
   try:
     for written, err in results:
+      n_written += written
       if err:
         errors.append(err)
         logger.warning("Skipped: %s", err)
       if bar is not None:
         bar.update(written)
+  except BaseException:
+    if pool is not None:  # Ctrl-C or a crash: stop the workers now.
+      pool.terminate()
+      pool.join()
+      pool = None
+    raise
   finally:
     if pool is not None:
       pool.close()
@@ -979,9 +1017,10 @@ def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
     f.write("\n")
   os.replace(tmp, manifest_path)
   os.remove(os.path.join(out_dir, MARKER_NAME))
-  logger.info("Built %d speakers, %d clips in %s (%.1f s, %d skipped).",
-              len(speakers), n_files - sum(1 for _ in errors), out_dir,
-              time.time() - t_start, len(errors))
+  logger.info(
+      "Built %d speakers, %d clips in %s (%.1f s; %d sentences skipped, "
+      "%d clips missing).", len(speakers), n_written, out_dir,
+      time.time() - t_start, len(errors), n_files - n_written)
   return out_dir
 
 
