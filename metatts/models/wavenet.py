@@ -561,8 +561,16 @@ class WaveNet(nnx.Module):
           f"{c.max_frames}; cut the input into windows (random_window) or "
           "raise WaveNetConfig.max_frames.")
 
-  def _speaker(self, batch_size: int, speaker_ids: Optional[Array],
-               speaker_vectors: Optional[Array]) -> Optional[Array]:
+  def global_condition(self, batch_size: int,
+                       speaker_ids: Optional[Array],
+                       speaker_vectors: Optional[Array]) -> Optional[Array]:
+    """The speaker vector [B, D] in the compute dtype, or None.
+
+    Args:
+      batch_size: B.
+      speaker_ids: [B] ids (``speaker_source="table"``).
+      speaker_vectors: [B, speaker_dim] (``speaker_source="vector"``).
+    """
     c = self.config
     if c.speaker_source == "none":
       return None
@@ -643,7 +651,7 @@ class WaveNet(nnx.Module):
           f"WaveNet inputs have shape {inputs.shape} but the mels give "
           f"{cond.shape[1]} = frames * hop_length ({c.hop_length}) samples; "
           "cut aligned windows with random_window.")
-    g = self._speaker(inputs.shape[0], speaker_ids, speaker_vectors)
+    g = self.global_condition(inputs.shape[0], speaker_ids, speaker_vectors)
     return self.stack(inputs, cond, g)
 
   def shift_inputs(self, audio: Array) -> Array:
@@ -756,7 +764,7 @@ def _generation_setup(model: WaveNet, mels: Array,
                       speaker_ids: Optional[Array],
                       speaker_vectors: Optional[Array]):
   cond = model.condition(jnp.asarray(mels))  # [B, S, Cc]
-  g = model._speaker(cond.shape[0], speaker_ids, speaker_vectors)  # pylint: disable=protected-access
+  g = model.global_condition(cond.shape[0], speaker_ids, speaker_vectors)
   return cond, g
 
 
