@@ -386,3 +386,44 @@ def test_sizes_are_the_documented_ones():
   assert (tiny.embed_dim, tiny.encoder_dim, tiny.attention_dim,
           tiny.decoder_rnn_dim, tiny.postnet_dim, tiny.reduction_factor) == (
               32, 32, 32, 64, 32, 2)
+
+
+# ---------------------------------------------------------------------------
+# Shared layers.
+
+
+def test_bilstm_padding_equals_unpadded_and_directions():
+  from metatts.models import layers
+  bl = layers.BiLSTM(3, 4, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+  run = nnx.jit(lambda m, x, k: m(x, k))
+  y = np.asarray(run(bl, x, mask))
+  # Entry 1 equals the same utterance without padding ...
+  alone = np.asarray(run(bl, x[1:, :3], np.ones((1, 3), bool)))
+  np.testing.assert_allclose(y[1, :3], alone[0], atol=1e-6)
+  assert np.all(y[1, 3:] == 0.0)
+  # ... and the backward half is the forward cell's math on reversed time.
+  fw = np.asarray(layers.lstm_scan(bl.backward.cell, x[:1, ::-1])[0])
+  np.testing.assert_allclose(y[0, :, 4:], fw[0, ::-1], atol=1e-6)
+
+
+def test_conv1d_causal_and_same_padding():
+  from metatts.models import layers
+  causal = layers.Conv1D(2, 3, 4, padding="causal", dilation=2,
+                         rngs=nnx.Rngs(0))
+  same = layers.Conv1D(2, 3, 5, padding="same", rngs=nnx.Rngs(1))
+  x = np.random.default_rng(0).normal(size=(1, 12, 2)).astype(np.float32)
+  x2 = x.copy()
+  x2[0, 7] += 1.0
+  run = nnx.jit(lambda m, x: m(x))
+  a, b = np.asarray(run(causal, x)), np.asarray(run(causal, x2))
+  assert a.shape == (1, 12, 3)
+  np.testing.assert_array_equal(a[0, :7], b[0, :7])  # no look-ahead
+  assert np.abs(a[0, 7] - b[0, 7]).max() > 0
+  # 'same' with k = 5 sees exactly t-2..t+2.
+  c, d = np.asarray(run(same, x)), np.asarray(run(same, x2))
+  changed = np.nonzero(np.abs(c - d).max(-1)[0] > 0)[0]
+  np.testing.assert_array_equal(changed, [5, 6, 7, 8, 9])
+  with pytest.raises(ValueError, match="'same', 'causal'"):
+    layers.Conv1D(2, 3, 4, padding="valid", rngs=nnx.Rngs(0))

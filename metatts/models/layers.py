@@ -337,9 +337,34 @@ class BiLSTM(nnx.Module):
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, xs: Array, mask: Optional[Array] = None) -> Array:
-    """Returns [B, T, 2 * H] (zero at padded frames)."""
-    return jnp.concatenate([self.forward(xs, mask), self.backward(xs, mask)],
-                           axis=-1)
+    """Returns [B, T, 2 * H] (zero at padded frames).
+
+    Both directions run in one ``lax.scan`` (step t feeds frame t to the
+    forward cell and frame T-1-t to the backward cell), which gives the same
+    numbers as two ``lstm_scan`` calls with about half the compile time.
+    """
+    b, t, _ = xs.shape
+    if mask is None:
+      mask = jnp.ones((b, t), bool)
+    xs_t = jnp.swapaxes(xs, 0, 1)  # [T, B, D]
+    m_t = jnp.swapaxes(mask.astype(bool), 0, 1)  # [T, B]
+    fw, bw = self.forward.cell, self.backward.cell
+
+    def hold(m, new, old):
+      return jax.tree.map(lambda n, o: jnp.where(m[:, None], n, o), new, old)
+
+    def step(carry, inp):
+      cf, cb = carry
+      xf, mf, xb, mb = inp
+      nf, yf = fw(cf, xf)
+      nb, yb = bw(cb, xb)
+      return ((hold(mf, nf, cf), hold(mb, nb, cb)),
+              (jnp.where(mf[:, None], yf, 0.0), jnp.where(mb[:, None], yb, 0.0)))
+
+    init = (fw.initial_carry(b), bw.initial_carry(b))
+    _, (yf, yb) = jax.lax.scan(step, init, (xs_t, m_t, xs_t[::-1], m_t[::-1]))
+    ys = jnp.concatenate([yf, yb[::-1]], axis=-1)  # [T, B, 2H]
+    return jnp.swapaxes(ys, 0, 1)
 
 
 class Prenet(nnx.Module):
