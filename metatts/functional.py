@@ -204,9 +204,11 @@ def mask_from_filter(params: PyTree, predicate: Predicate) -> PyTree:
                      if g is not None})
     name = getattr(predicate, "filter_name", getattr(predicate, "__name__",
                                                      "predicate"))
+    hint = (f"its parameter groups are {groups}; pick one of those or 'all'"
+            if groups else "it has no named parameter groups; use 'all'")
     raise ValueError(
-        f"Parameter filter {name!r} selects no parameter of this model; its "
-        f"parameter groups are {groups}. Pick one of those (or 'all').")
+        f"Parameter filter {name!r} selects no parameter of this model: "
+        f"{hint}.")
   return mask
 
 

@@ -156,14 +156,21 @@ def test_bad_filters_raise(env):
   with pytest.raises(ValueError, match="empty"):
     F.filter_for("")
   no_speaker = {"encoder": {"w": jnp.ones(2)}, "decoder": {"w": jnp.ones(3)}}
-  with pytest.raises(ValueError, match="selects no parameter.*decoder"):
+  with pytest.raises(ValueError, match="selects no parameter.*'decoder'"):
     F.filter_for("speaker", no_speaker)
   with pytest.raises(ValueError, match="selects no parameter"):
     F.mask_from_filter(no_speaker, F.filter_for("postnet"))
+  with pytest.raises(ValueError, match="no named parameter groups; use 'all'"):
+    F.filter_for("decoder", {"convs": [jnp.ones(2)]})
 
 
 def test_registry():
-  assert "tacotron" in MODELS
+  import importlib
+  assert {"tacotron", "wavenet", "speaker_encoder"} <= set(MODELS)
+  for entry in MODELS.values():  # every entry resolves (typos fail here)
+    module = importlib.import_module(entry.module)
+    assert callable(getattr(module, entry.config_fn))
+    assert isinstance(getattr(module, entry.cls), type)
   with pytest.raises(ValueError, match="registered models"):
     build_model("tacotron2", "tiny", 0)
   with pytest.raises(ValueError, match="num_melz"):

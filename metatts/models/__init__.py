@@ -38,6 +38,10 @@ class ModelEntry(NamedTuple):
 MODELS = {
     "tacotron": ModelEntry("metatts.models.tacotron", "tacotron_config",
                            "Tacotron"),
+    "wavenet": ModelEntry("metatts.models.wavenet", "wavenet_config",
+                          "WaveNet"),
+    "speaker_encoder": ModelEntry("metatts.models.speaker_encoder",
+                                  "speaker_encoder_config", "SpeakerEncoder"),
 }
 
 
