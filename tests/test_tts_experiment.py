@@ -116,9 +116,17 @@ def test_smoke_run_layout_export_and_protocol(smoke):
         assert sk["support"] == first["speakers"][spk]["shots"][k]["support"]
         # Support and evaluation texts never overlap.
         assert not set(sk["support"]) & set(r["evaluation"])
-  # Adaptation lowers the support loss of the model trained from scratch.
   for spk, r in protocol["scratch"]["speakers"].items():
     assert np.isfinite(r["shots"]["2"]["support_loss"]["2"])
+  # The vocoder was meta-trained, exported and judged on held-out speakers.
+  voc = run["vocoder"]
+  for split in ("heldout_seen", "heldout_unseen"):
+    for k in ("1", "2"):
+      for s in ("0", "2"):
+        assert np.isfinite(voc["heldout_nll"][split][k][s])
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  vmodel, _, vinfo, _ = export.load_exported(os.path.join(w, "vocoder"))
+  assert vinfo["model"] == "wavenet" and vmodel.config.n_mels == 20
 
 
 @pytest.mark.slow
@@ -130,7 +138,7 @@ def test_kill9_resume_equals_uninterrupted(smoke):
           f"--config.data.root={smoke.config.data.root}",
           f"--config.data.cache_dir={smoke.config.data.cache_dir}",
           "--config.methods=('transfer',)", "--config.adapt.enabled=False",
-          "--config.progress=False"]
+          "--config.vocoder.enabled=False", "--config.progress=False"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)

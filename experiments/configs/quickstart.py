@@ -41,12 +41,24 @@ def get_config(arg: str = "quickstart"):
   c.name = f"quickstart-{size}"
   c.expected_minutes = 20
   c.methods = ("transfer", "meta-fomaml")
+  # Sized so that the whole run fits 20 minutes on an idle 2-core CPU:
+  # reduction factor 4 (a quarter of the decoder steps), clips up to 256
+  # frames (3.2 s), 150 steps per method, 5-clip adaptation of 4 speakers per
+  # held-out split.
+  c.model = {"size": "tiny", "reduction_factor": 4, "max_frames": 400}
+  c.data.max_frames = 256
+  c.data.max_tokens = 96
+  c.train.num_steps = 150
+  c.train.checkpoint_every = 50
+  c.adapt.shots = (5,)
+  c.adapt.max_speakers = 4
   if size == "smoke":
     c.expected_minutes = 2
     c.data.root = "~/.cache/metatts/synth-smoke"
     # Smaller than the "tiny" preset: 2 voices, 5 speakers x 5 clips (3
     # training speakers, 1 heldout_seen, 1 heldout_unseen).
-    c.data.synth_preset = dict(
+    c.data.synth_preset = "tiny"
+    c.data.synth_overrides = dict(
         name="synth-smoke", voices=("flite-awb", "flite-slt"),
         heldout_voice="flite-slt", n_sentences=20, sentences_per_voice=10,
         min_words=3, max_words=6, train_per_voice=3,
@@ -73,4 +85,15 @@ def get_config(arg: str = "quickstart"):
     c.adapt.griffin_lim_iters = 4
     c.adapt.synth_frames_factor = 0.5
     c.eval.enabled = False
+    # The vocoder path too (WaveNet-style, Reptile over speaker tasks).
+    c.vocoder.enabled = True
+    c.vocoder.num_steps = 2
+    c.vocoder.num_tasks = 2
+    c.vocoder.num_support = 1
+    c.vocoder.num_query = 1
+    c.vocoder.window_frames = 4
+    c.vocoder.max_speakers = 3
+    c.vocoder.clips_per_speaker = 2
+    c.vocoder.eval_speakers = 1
+    c.vocoder.eval_clips = 1
   return c

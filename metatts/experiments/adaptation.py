@@ -358,6 +358,75 @@ def run_method(adapter: Adapter, method: str, params, speakers:
   return record
 
 
-__all__ = ["Adapter", "CHUNK", "Protocol", "SpeakerClips", "inner_optimizer",
+def markdown_table(workdir: str, metrics: Sequence[str] = ("secs", "eer"),
+                   splits: Sequence[str] = ("heldout_seen",
+                                            "heldout_unseen")) -> str:
+  """Markdown tables of ``WORKDIR/report/metrics.json`` (one per metric).
+
+  Rows are ``method, split, shots``; columns the adaptation step counts;
+  cells the mean over held-out speakers (SECS with its 95% half-width; EER
+  in percent). Missing cells (nothing judgeable) show as "-".
+
+  Args:
+    workdir: a run folder holding ``report/metrics.json``.
+    metrics: metric keys to tabulate.
+    splits: held-out splits (rows); "all" pools both.
+
+  Returns:
+    The markdown text.
+  """
+  path = os.path.join(workdir, "report", "metrics.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is missing; run the experiment (or "
+                            "python -m metatts.evaluation --workdir) first.")
+  with open(path) as f:
+    m = json.load(f)
+  methods = sorted(k for k, v in m.items()
+                   if k != "reference" and isinstance(v, dict))
+  steps = sorted({int(s) for k in methods for sh in m[k]["shots"].values()
+                  for s in sh["steps"]})
+  out = []
+  for metric in metrics:
+    out.append(f"**{metric.upper()}**"
+               + (" (%, lower is better)" if metric == "eer" else
+                  " (cosine, higher is better; +- 95% CI over speakers)"
+                  if metric == "secs" else ""))
+    out.append("")
+    out.append("| method | split | clips | " + " | ".join(
+        f"{s} steps" for s in steps) + " |")
+    out.append("|---|---|---|" + "---|" * len(steps))
+    for k in methods:
+      for shots in sorted(m[k]["shots"], key=int):
+        for split in splits:
+          cells = []
+          for s in steps:
+            cell = m[k]["shots"][shots]["steps"].get(str(s))
+            if cell is not None and split != "all":
+              cell = cell.get("splits", {}).get(split)
+            v = None if cell is None else cell.get(metric)
+            if v is None:
+              cells.append("-")
+            elif metric == "eer":
+              cells.append(f"{100 * v:.1f}")
+            elif metric == "secs":
+              ci = (cell.get("ci95") or {}).get("secs")
+              cells.append(f"{v:.3f}" + (f" +- {ci:.3f}" if ci else ""))
+            else:
+              cells.append(f"{v:.2f}")
+          out.append(f"| {k} | {split} | {shots} | " + " | ".join(cells)
+                     + " |")
+    out.append("")
+  ref = m.get("reference", {})
+  for name in ("real", "griffin_lim"):
+    if name in ref:
+      r = ref[name]
+      out.append(f"Ceiling `{name}` (real held-out clips"
+                 f"{', Griffin-Lim resynthesis' if name != 'real' else ''}"
+                 f"): SECS {r.get('secs', float('nan')):.3f}, EER "
+                 f"{100 * (r.get('eer') or 0):.1f}%.")
+  return "\n".join(out)
+
+
+__all__ = ["Adapter", "markdown_table", "CHUNK", "Protocol", "SpeakerClips", "inner_optimizer",
            "pad_batch", "protocol_from_config", "run_method", "select_clips",
            "write_references"]

@@ -128,7 +128,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "synth"  # synth | vctk | libritts | generic
   c.data.root = "~/.cache/metatts/synth-default"
-  c.data.synth_preset = "default"  # preset name or a dict of SynthConfig
+  c.data.synth_preset = "default"  # metatts.data.synth preset name
+  c.data.synth_overrides = ml_collections.ConfigDict()  # SynthConfig fields
   c.data.synth_seed = 0
   c.data.cache_dir = "~/.cache/metatts/features"
   c.data.features = ml_collections.ConfigDict({"n_mels": 80})
@@ -242,11 +243,14 @@ def prepare_data(config, progress: bool = True) -> Data:
                      f"{list(CORPORA)}.")
   root = os.path.abspath(os.path.expanduser(d.root))
   if d.corpus == "synth":
+    import dataclasses  # pylint: disable=g-import-not-at-top
     preset = d.synth_preset
-    if not isinstance(preset, str):
-      preset = preset.to_dict() if hasattr(preset, "to_dict") else dict(preset)
-    _say(f"Corpus: synthetic preset {d.synth_preset if isinstance(preset, str) else 'custom'}"
-         f" in {root} (built if missing or out of date).")
+    overrides = d.synth_overrides.to_dict() if d.get("synth_overrides") else {}
+    if overrides:
+      preset = dict(dataclasses.asdict(synth.get_config(preset)), **overrides)
+    _say(f"Corpus: synthetic preset {d.synth_preset}"
+         f"{' with ' + str(sorted(overrides)) if overrides else ''} in {root}"
+         " (built if missing or out of date).")
     synth.build_corpus(preset, root, seed=int(d.synth_seed),
                        progress=progress)
     corpus = corpora.load_generic(root)
