@@ -361,3 +361,32 @@ def test_bad_text_to_speak(voice):
                         ("...", "nothing speakable"), (42, "pass a str")]:
     with pytest.raises(ValueError, match=message):
       voice.synthesize(text)
+
+
+def test_notebook_is_valid_nbformat_and_python():
+  path = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "notebooks", "few_shot_voice.ipynb")
+  with open(path, encoding="utf-8") as f:
+    nb = json.load(f)
+  assert nb["nbformat"] == 4 and nb["cells"]
+  try:
+    import nbformat  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    nbformat = None
+  if nbformat is not None:
+    nbformat.validate(nbformat.reads(json.dumps(nb), as_version=4))
+  code = []
+  for cell in nb["cells"]:
+    assert cell["cell_type"] in ("markdown", "code")
+    assert isinstance(cell["source"], list)
+    if cell["cell_type"] == "code":
+      assert cell["outputs"] == [] and cell["execution_count"] is None
+      # Shell escapes ("!pip ...") are IPython, not Python.
+      src = "".join(line for line in cell["source"]
+                    if not line.lstrip().startswith("!"))
+      compile(src, cell.get("id", "cell"), "exec")  # raises on a typo
+      code.append(src)
+  text = "\n".join(code)
+  for call in ("run(config, WORKDIR)", "load(WORKDIR)", ".adapt(",
+               ".synthesize(", "Audio(", "imshow(", "load_voice("):
+    assert call in text, call
