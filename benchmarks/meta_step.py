@@ -164,6 +164,9 @@ def markdown(records: List[Dict[str, Any]]) -> str:
           cells.append("n/a")
           continue
         r = match[0]
+        if r["inner_steps"] == 0 and n != steps[0]:
+          cells.append("–")
+          continue
         cells.append(f"{r['steps_per_sec']:.4g}/s, {_size(r['peak_bytes'])} "
                      f"({_size(r['temp_bytes'])})")
         if r["inner_steps"] == 0:
