@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="voice folder to write")
   p.add_argument("--steps", type=_positive_int, default=None,
                  help="adaptation steps (default: the model's)")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=None,
+                 help="prenet-dropout seed while adapting (default: the "
+                 "model's fixed masks, as in the evaluation)")
   p.add_argument("--vocoder", default=None,
                  help="'griffin-lim' or a vocoder export (default: "
                  "WORKDIR/vocoder/model if present)")

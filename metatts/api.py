@@ -611,12 +611,15 @@ class TTS:
       clips.append(Clip(name, text, tokens, mel.astype(np.float32)))
     return clips
 
-  def make_batch(self, clips: Sequence[Clip], seed: int = 0) -> TTSBatch:
+  def make_batch(self, clips: Sequence[Clip],
+                 seed: Optional[int] = None) -> TTSBatch:
     """Pads clips into a support ``TTSBatch`` with bucketed lengths.
 
     Args:
       clips: from :meth:`prepare_clips`.
-      seed: prenet-dropout seeds of the clips come from this.
+      seed: None: ``seeds=None``, the model's fixed default prenet-dropout
+        masks (what the evaluation's adaptation uses); an int: per-clip
+        dropout seeds drawn from it.
 
     Returns:
       ``TTSBatch`` with ``tokens`` [K, L_b], ``mels`` [K, T_b, M],
@@ -634,8 +637,10 @@ class TTS:
     for i, c in enumerate(clips):
       tokens[i, :c.tokens.shape[0]] = c.tokens
       mels[i, :c.mel.shape[0]] = c.mel
-    seeds = np.random.default_rng(seed).integers(0, 2**32 - 1, size=k,
-                                                 dtype=np.uint32)
+    seeds = None
+    if seed is not None:
+      seeds = jnp.asarray(np.random.default_rng(seed).integers(
+          0, 2**32 - 1, size=k, dtype=np.uint32))
     return TTSBatch(
         tokens=jnp.asarray(tokens),
         token_lengths=jnp.asarray([c.tokens.shape[0] for c in clips],
@@ -643,12 +648,12 @@ class TTS:
         mels=jnp.asarray(mels),
         mel_lengths=jnp.asarray([c.mel.shape[0] for c in clips], jnp.int32),
         speaker_ids=jnp.full((k,), self.speaker_slot, jnp.int32),
-        seeds=jnp.asarray(seeds))
+        seeds=seeds)
 
   # ---- adaptation ---------------------------------------------------------
 
   def adapt(self, wavs: Sequence[ClipLike], texts: Sequence[str],
-            steps: Optional[int] = None, seed: int = 0,
+            steps: Optional[int] = None, seed: Optional[int] = None,
             sample_rate: Optional[int] = None,
             names: Optional[Sequence[str]] = None) -> "Voice":
     """Adapts the model to a new speaker from 1-10 transcribed clips.
@@ -656,7 +661,9 @@ class TTS:
     Runs ``metatts.meta.adapt`` (the meta-learners' inner loop) with the
     exported protocol: filter ``self.filter_name``, optimizer
     ``self.optimizer_name`` at ``self.lr`` (or the learned inner rates), on
-    the speaker-table row ``self.speaker_slot``.
+    the speaker-table row ``self.speaker_slot``. With learned inner rates
+    (Meta-SGD, Li et al. 2017) the step is ``theta - alpha * g`` with the
+    learned ``alpha`` replacing the optimizer's rate, as in meta-training.
 
     Args:
       wavs: 1-10 clips: audio file paths (any libsndfile format, resampled to
@@ -666,7 +673,10 @@ class TTS:
       texts: the transcript of each clip (raw English; numbers and
         abbreviations are expanded).
       steps: gradient steps (default: the export's ``default_steps``).
-      seed: seed of the prenet-dropout masks used while adapting.
+      seed: the prenet dropout is on while adapting (as in training); None
+        uses the model's fixed default masks, exactly like the evaluation's
+        adaptation; an int draws other masks. The same value gives the same
+        voice.
       sample_rate: sample rate of array clips.
       names: optional clip names recorded in the voice (default: the paths).
 
@@ -695,7 +705,7 @@ class TTS:
           f"Adaptation diverged (support losses {losses.tolist()}); use fewer "
           "steps or check the clips (very loud or noisy audio).")
     info = {
-        "steps": int(steps), "seed": int(seed),
+        "steps": int(steps), "seed": None if seed is None else int(seed),
         "clips": [c.name for c in clips], "texts": [c.text for c in clips],
         "losses": losses.tolist(), "filter": self.filter_name,
         "optimizer": self.optimizer_name, "lr": self.lr,
