@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -330,7 +330,7 @@ def validate_batch(config: TacotronConfig, batch: TTSBatch,
     raise ValueError(
         f"mels have {mels[-1]} mel bins but the model expects "
         f"num_mels={config.num_mels}; compute features with the same mel "
-        "settings or build the model with num_mels={mels[-1]}.")
+        f"settings or build the model with num_mels={mels[-1]}.")
   lens = _concrete(batch.mel_lengths)
   if lens is None:
     return
@@ -868,6 +868,8 @@ class Tacotron(nnx.Module):
 
     out = jax.lax.while_loop(cond, body, init)
     lengths, frames, stops, align = out[4:]
+    # An utterance that never stopped gets exactly max_frames frames.
+    lengths = jnp.minimum(lengths, max_frames)
     mel_before = frames.reshape(b, smax * r, m)
     frame_mask = layers.length_mask(lengths, smax * r)
     mel_before = layers.apply_mask(mel_before, frame_mask)
