@@ -257,7 +257,8 @@ def mu_law_decode(classes: Array, quantization_channels: int = 256) -> Array:
   """
   mu = quantization_channels - 1
   f = 2.0 * classes.astype(jnp.float32) / mu - 1.0
-  return jnp.sign(f) * jnp.expm1(jnp.abs(f) * math.log1p(mu)) / mu
+  x = jnp.sign(f) * jnp.expm1(jnp.abs(f) * math.log1p(mu)) / mu
+  return jnp.clip(x, -1.0, 1.0)  # float rounding can overshoot 1 by ~1e-6
 
 
 def quantize_to_bins(audio: Array, bins: int) -> Array:
