@@ -229,18 +229,20 @@ def test_train_step_does_not_recompile(sine_training, model):
       nnx.state(model, lambda path, v: not isinstance(v, nnx.Param)))
 
 
-def test_bfloat16_option_runs(model, mels):
-  m = wn.WaveNet(_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
+def test_bfloat16_option_runs(mels):
+  # A 2-layer model keeps the two extra compiles cheap.
+  small = dict(stacks=1, layers_per_stack=2)
+  m = wn.WaveNet(_cfg(dtype="bfloat16", **small), rngs=nnx.Rngs(0))
+  m32 = wn.WaveNet(_cfg(**small), rngs=nnx.Rngs(0))
   params = nnx.state(m, nnx.Param)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-  out = m(jnp.zeros((2, 100)), mels)
-  assert out.dtype == jnp.float32
   audio = 0.3 * jnp.sin(jnp.arange(100) * 0.2)[None].repeat(2, 0)
-  loss, _ = loss_jit(m, _batch(m, mels, audio, jnp.array([100, 100])))
-  loss32, _ = loss_jit(model, _batch(model, mels, audio,
-                                     jnp.array([100, 100])))
-  assert np.isfinite(float(loss))
-  assert abs(float(loss) - float(loss32)) < 0.1  # same params, bf16 compute
+  lengths = jnp.array([100, 100])
+  loss, _ = loss_jit(m, _batch(m, mels, audio, lengths))
+  loss32, _ = loss_jit(m32, _batch(m32, mels, audio, lengths))
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
+  # Same parameters, bf16 compute: close to, but not exactly, the f32 loss.
+  assert 0 < abs(float(loss) - float(loss32)) < 0.05
 
 
 def test_bad_inputs_raise(model):
