@@ -28,9 +28,10 @@ What happens underneath, and why:
   padding clip would divide by zero in the guided-attention loss, and a
   repeated one would weight clips unequally.
 * ``Voice.synthesize`` normalizes the text with the model's symbol set, splits
-  long text into sentences, runs Tacotron inference (stop token or a frame
-  budget proportional to the text length) and a vocoder, and returns a float32
-  waveform at the training sample rate.
+  long text into sentences, runs Tacotron inference (until the stop token, but
+  not before a minimum and not past a budget, both proportional to the text
+  length) and a vocoder, and returns a float32 waveform at the training sample
+  rate.
 * ``Voice.save`` writes the adapted parameters with Orbax (never pickle) as an
   export of its own, plus ``voice.json`` (base model, speaker slot, steps,
   clips, losses) and a copy of the vocoder, so ``load_voice`` needs nothing
@@ -89,8 +90,12 @@ TOKEN_BUCKET = 16
 # or more than MAX_SEC_PER_SYMBOL seconds per symbol (read speech: ~0.07 s).
 MIN_SEC_PER_SYMBOL = 0.01
 MAX_SEC_PER_SYMBOL = 1.0
-# Synthesis frame budget: at most this many seconds per input symbol.
+# Synthesis length limits per input symbol (cf. ESPnet's Tacotron 2
+# maxlenratio / minlenratio): a frame budget of at most SYNTH_SEC_PER_SYMBOL,
+# and a stop before SYNTH_MIN_SEC_PER_SYMBOL (50 symbols/s, faster than any
+# speech) is ignored.
 SYNTH_SEC_PER_SYMBOL = 0.25
+SYNTH_MIN_SEC_PER_SYMBOL = 0.02
 SENTENCE_PAUSE_SECONDS = 0.15
 GRIFFIN_LIM_ITERS = 32
 # Synthesized audio louder than this peak is scaled down to it.
@@ -330,12 +335,13 @@ def _infer_function(graphdef):
   """Jitted Tacotron inference over a params pytree (``max_frames`` static)."""
 
   def infer_fn(params, rest, tokens, token_lengths, speaker_ids, seeds, *,
-               max_frames):
+               max_frames, stop_threshold):
     model = functional.merge(graphdef, params, rest)
     return model.infer(tokens, token_lengths, speaker_ids,
-                       max_frames=max_frames, seeds=seeds)
+                       max_frames=max_frames, seeds=seeds,
+                       stop_threshold=stop_threshold)
 
-  return jax.jit(infer_fn, static_argnames=("max_frames",))
+  return jax.jit(infer_fn, static_argnames=("max_frames", "stop_threshold"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -558,9 +564,8 @@ class TTS:
     Raises:
       ValueError, FileNotFoundError: naming the bad clip and the fix.
     """
-    if isinstance(wavs, (str, os.PathLike, np.ndarray)) and not (
-        isinstance(wavs, np.ndarray) and wavs.ndim == 2 and
-        min(wavs.shape) > 8):
+    if isinstance(wavs, (str, os.PathLike)) or (
+        isinstance(wavs, np.ndarray) and wavs.ndim != 2):
       raise ValueError(
           "wavs must be a list of clips (paths or arrays); wrap a single clip "
           "as wavs=[clip], texts=[text].")
@@ -668,7 +673,7 @@ class TTS:
     Args:
       wavs: 1-10 clips: audio file paths (any libsndfile format, resampled to
         the model's rate) or float waveform arrays [S] (then ``sample_rate``
-        is required). Clips are trimmed and loudness-normalized like the
+        is required); a 2-D array [K, S] is K clips. Clips are trimmed and loudness-normalized like the
         training features; 2-10 s of clean speech each works best.
       texts: the transcript of each clip (raw English; numbers and
         abbreviations are expanded).
@@ -793,11 +798,21 @@ class TTS:
       max_frames = min(self.config.max_frames,
                        _round_up(budget, FRAME_BUCKET))
       seeds = np.asarray([(seed * 1000003 + i) % 2**32], np.uint32)
-      out = self._infer_jit(params, self.rest, jnp.asarray(tokens),
-                            jnp.asarray([ids.shape[0]], jnp.int32),
-                            jnp.asarray([speaker_slot], jnp.int32),
-                            jnp.asarray(seeds), max_frames=max_frames)
-      length = max(int(out.lengths[0]), 2)
+      min_frames = min(max_frames - 1, math.ceil(
+          SYNTH_MIN_SEC_PER_SYMBOL * ids.shape[0] * sr / hop))
+      args = (params, self.rest, jnp.asarray(tokens),
+              jnp.asarray([ids.shape[0]], jnp.int32),
+              jnp.asarray([speaker_slot], jnp.int32), jnp.asarray(seeds))
+      out = self._infer_jit(*args, max_frames=max_frames, stop_threshold=0.5)
+      length = int(out.lengths[0])
+      if length < min_frames:
+        # Stopped before the text can have been said: decode the whole budget
+        # without stopping and cut at the first stop after min_frames.
+        out = self._infer_jit(*args, max_frames=max_frames,
+                              stop_threshold=2.0)  # probabilities are <= 1
+        probs = np.asarray(out.stop_probs[0, min_frames:])
+        hits = np.nonzero(probs > 0.5)[0]
+        length = min_frames + int(hits[0]) + 1 if hits.size else max_frames
       mel = np.asarray(out.mel[0, :length], np.float32)  # [T, M]
       key = jax.random.fold_in(jax.random.key(seed), i)
       audio = np.asarray(self.vocoder(mel, key), np.float32)

@@ -247,8 +247,11 @@ def test_synthesize_returns_finite_audio_matching_the_mel(voice):
   # Two sentences: frames * hop samples of audio plus one pause.
   pause = int(api.SENTENCE_PAUSE_SECONDS * SR)
   assert audio.shape[0] == mel.shape[0] * FEATURES.hop_length + pause
-  # Each sentence within its frame budget (the tiny model is untrained).
-  assert 2 <= mel.shape[0] <= 2 * MODEL["max_frames"]
+  # Each sentence between its minimum length and its frame budget.
+  per_frame = FEATURES.hop_length / SR
+  shortest = sum(np.ceil(api.SYNTH_MIN_SEC_PER_SYMBOL * n / per_frame)
+                 for n in (13, 13))  # "hello world." / "how are you?" + EOS
+  assert shortest <= mel.shape[0] <= 2 * MODEL["max_frames"]
   again, _ = voice.synthesize("Hello world. How are you?", seed=0)
   np.testing.assert_array_equal(audio, again)
 
