@@ -13,6 +13,9 @@ Updates whose loss or meta-gradient is NaN/Inf are skipped by the learner and
 counted in ``state.num_skipped``; the loop logs that count and stops with
 ``TooManySkippedSteps`` once it exceeds ``config.max_skipped``, without
 writing a checkpoint of the failing stretch (the earlier ones stay intact).
+The count is read from the device at every log step and before every
+checkpoint (not every step, so the host never waits on the device in
+between); with ``log_every=1`` the stop is exact.
 """
 
 from __future__ import annotations
