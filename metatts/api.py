@@ -267,8 +267,9 @@ class WaveNetVocoder:
     t = mel.shape[0]
     hop = self.model.config.hop_length
     padded = _round_up(t, FRAME_BUCKET)
-    mel = np.pad(mel, ((0, padded - t), (0, 0)),
-                 constant_values=float(mel.min()))
+    # Zeros, as the upsampler's SAME convolution pads: the real frames'
+    # conditioning, and so every real sample, equals the unpadded run's.
+    mel = np.pad(mel, ((0, padded - t), (0, 0)))
     spk = None if self.speaker_ids is None else jnp.asarray(self.speaker_ids)
     audio = self._generate(self.model, jnp.asarray(mel)[None], key, spk)
     return np.asarray(audio)[0, :t * hop]
