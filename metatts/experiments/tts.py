@@ -356,11 +356,13 @@ def build_params(model_name: str, model_config, seed: int):
   cls = {"tacotron": tacotron.Tacotron, "wavenet": wavenet.WaveNet}[
       model_name]
 
-  @nnx.jit
   def make():
     return cls(model_config, rngs=nnx.Rngs(seed))
 
-  return functional.split(make())
+  if model_name == "wavenet":
+    # Its initializers draw on the host (numpy), which cannot be traced.
+    return functional.split(make())
+  return functional.split(nnx.jit(make)())
 
 
 def tacotron_config(config, data: Data):
