@@ -288,3 +288,19 @@ def test_random_window_aligned_and_seeded():
                                 [(mel, audio), (mel[:3], audio[:25])], 8, hop)
   assert batch.mels.shape == (2, 8, N_MELS) and batch.audio.shape == (2, 80)
   assert int(batch.audio_lengths[1]) == 25
+
+
+def test_builds_abstractly_and_under_jit_with_the_same_values():
+  """Export/restore builds the model under nnx.eval_shape; jit must agree."""
+  import jax
+  import numpy as np
+  from flax import nnx
+  from metatts.models import wavenet as wn
+  cfg = wn.wavenet_config("tiny")
+  abstract = nnx.eval_shape(lambda: wn.WaveNet(cfg, rngs=nnx.Rngs(0)))
+  eager = nnx.split(wn.WaveNet(cfg, rngs=nnx.Rngs(0)))[1]
+  jitted = jax.jit(lambda: nnx.split(wn.WaveNet(cfg, rngs=nnx.Rngs(0)))[1])()
+  shapes = [x.shape for x in jax.tree_util.tree_leaves(nnx.split(abstract)[1])]
+  assert shapes == [x.shape for x in jax.tree_util.tree_leaves(eager)]
+  for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

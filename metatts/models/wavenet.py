@@ -341,14 +341,24 @@ class NormalSource:
     self._buf = np.zeros((0,), np.float32)
     self._blocks = 0
 
-  def normal(self, shape: Sequence[int], scale: float = 1.0) -> np.ndarray:
-    """Returns a float32 numpy array of ``N(0, scale**2)`` draws."""
+  def normal(self, shape: Sequence[int], scale: float = 1.0):
+    """Returns float32 ``N(0, scale**2)`` draws of ``shape``.
+
+    A numpy array normally; a traced jax array when the key is traced (the
+    model built under ``jax.jit`` or ``nnx.eval_shape``, e.g. to restore a
+    checkpoint into an abstract model), with the same values.
+    """
     n = int(np.prod(shape))
-    while self._buf.size < n:
+    while self._buf.shape[0] < n:
       block = jax.random.normal(jax.random.fold_in(self._key, self._blocks),
                                 (self._BLOCK,), jnp.float32)
       self._blocks += 1
-      self._buf = np.concatenate([self._buf, np.asarray(block)])
+      try:
+        block = np.asarray(block)
+        xp = np if isinstance(self._buf, np.ndarray) else jnp
+      except jax.errors.TracerArrayConversionError:
+        xp = jnp
+      self._buf = xp.concatenate([self._buf, block])
     out, self._buf = self._buf[:n], self._buf[n:]
     return (out.reshape(tuple(shape)) * scale).astype(np.float32)
 
