@@ -429,3 +429,13 @@ def test_pretrain_gradient_is_gradient_of_the_average_loss():
     a_s, b_s, a_q, b_q = np_task_quantities(tasks, i)
     total += 0.5 * ((a_s @ theta - b_s) + (a_q @ theta - b_q))
   assert_tree_close(grad, np_split(total / N))
+
+
+def test_conjugate_gradient_stops_at_negative_curvature():
+  """On an indefinite system CG keeps its last iterate instead of blowing up."""
+  a = jnp.diag(jnp.array([2.0, -1.0], jnp.float32))
+  b = [jnp.array([1.0, 1.0], jnp.float32)]
+  x = meta.conjugate_gradient(lambda v: [a @ v[0]], b, 10)
+  # First direction b has curvature bᵀAb = 1 > 0: one step x = (bᵀb / bᵀAb)·b = 2b.
+  # The next direction has negative curvature, so CG stops there.
+  np.testing.assert_allclose(np.asarray(x[0]), [2.0, 2.0], atol=1e-6)

@@ -26,7 +26,8 @@ def conjugate_gradient(matvec, b, num_steps: int, tol: float = 1e-10):
   """Solves ``A x = b`` for symmetric positive-definite ``A`` (a list of arrays).
 
   A fixed number of iterations inside ``lax.scan`` (so it vmaps and compiles
-  to one loop); iterations after convergence leave ``x`` unchanged.
+  to one loop); iterations after convergence, or after a direction of
+  non-positive curvature appears (``A`` indefinite), leave ``x`` unchanged.
   """
   x0 = [jnp.zeros_like(v) for v in b]
   r0 = list(b)
@@ -34,19 +35,23 @@ def conjugate_gradient(matvec, b, num_steps: int, tol: float = 1e-10):
   rs0 = _vdot(r0, r0)
 
   def body(carry, _):
-    x, r, p, rs = carry
-    active = rs > tol
+    x, r, p, rs, done = carry
     ap = matvec(p)
     p_ap = _vdot(p, ap)
-    alpha = jnp.where(active, rs / jnp.where(active, p_ap, 1.0), 0.0)
+    # Stop at convergence, or at a direction of non-positive curvature (the
+    # support Hessian of a non-convex model can make I + H/λ indefinite;
+    # truncating there keeps the last descent iterate, as in Steihaug's CG).
+    done = done | (rs <= tol) | (p_ap <= 0)
+    alpha = jnp.where(done, 0.0, rs / jnp.where(done, 1.0, p_ap))
     x = [xi + alpha * pi for xi, pi in zip(x, p)]
     r = [ri - alpha * api for ri, api in zip(r, ap)]
     rs_new = _vdot(r, r)
-    beta = jnp.where(active, rs_new / jnp.where(active, rs, 1.0), 0.0)
+    beta = jnp.where(done, 0.0, rs_new / jnp.where(done, 1.0, rs))
     p = [ri + beta * pi for ri, pi in zip(r, p)]
-    return (x, r, p, jnp.where(active, rs_new, rs)), None
+    return (x, r, p, jnp.where(done, rs, rs_new), done), None
 
-  (x, _, _, _), _ = jax.lax.scan(body, (x0, r0, p0, rs0), None, length=num_steps)
+  init = (x0, r0, p0, rs0, jnp.array(False))
+  (x, _, _, _, _), _ = jax.lax.scan(body, init, None, length=num_steps)
   return x
 
 
