@@ -65,13 +65,13 @@ def get_config(arg: str = "quickstart"):
         heldout_seen_per_voice=1, unseen_speakers=1, utts_per_speaker=(5, 5))
     c.data.features = {"n_mels": 20, "n_fft": 512, "win_length": 400}
     c.data.max_tokens = 64
-    c.data.max_frames = 192
+    c.data.max_frames = 256
     c.model = {"size": "tiny", "embed_dim": 16, "encoder_dim": 16,
                "attention_dim": 16, "attention_rnn_dim": 32,
                "decoder_rnn_dim": 32, "postnet_dim": 16,
                "postnet_num_convs": 2, "encoder_num_convs": 1,
                "prenet_dims": (16, 16), "speaker_dim": 8,
-               "reduction_factor": 4, "max_frames": 256}
+               "reduction_factor": 4, "max_frames": 320}
     c.train.num_steps = 4
     c.train.num_tasks = 2
     c.train.num_support = 2
