@@ -257,6 +257,11 @@ def test_set_slot_to_mean_and_clip_passes():
   assert tts.clip_passes("meta-reptile", t, 10) == 10 * 4 * 5 * 3
   with pytest.raises(ValueError, match="known methods"):
     tts.make_learner("meta-foo", t, "all")
+  # The NaN/Inf guard of the loop gets the run's threshold.
+  c = tts.default_config()
+  c.train.max_skipped = 3
+  lc = tts._loop_config(c, 7)  # pylint: disable=protected-access
+  assert (lc.max_skipped, lc.num_steps, lc.seed) == (3, 7, c.seed)
 
 
 def test_task_stream_depends_only_on_seed_and_step():
