@@ -192,9 +192,15 @@ class Adapter:
     self.optimizer = inner_optimizer(protocol)
     self.gl_iters = griffin_lim_iters
 
+    # Learned rates (Meta-SGD) are the step sizes themselves, exactly as in
+    # meta-training (metatts.meta.metasgd uses sgd(1.0) scaled by the rates);
+    # scaling them by the protocol's lr again would shrink every step.
+    unit_sgd = optax.sgd(1.0)
+
     def chunk(params, support, lrs, num_steps):
+      opt = self.optimizer if lrs is None else unit_sgd
       return meta.adapt(params, support, self.loss_fn,
-                        inner_optimizer=self.optimizer, num_steps=num_steps,
+                        inner_optimizer=opt, num_steps=num_steps,
                         filter=self.filter, lrs=lrs)
 
     self._chunk = jax.jit(chunk, static_argnums=(3,))
