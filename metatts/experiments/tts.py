@@ -10,7 +10,9 @@
    ``metatts.training.loop.train`` (resumable Orbax checkpoints, NaN-guarded,
    TensorBoard + ``metrics.json``): ``transfer`` (multi-speaker pre-training,
    ``meta.pretrain``), ``multitask`` (the same plus a speaker-classification
-   head on the generated mel, shared trunk), and ``meta-<algorithm>`` for
+   head on the generated mel, shared trunk), ``zeroshot`` (a Tacotron
+   conditioned on the vector of a speaker encoder trained jointly with it
+   through reconstruction, see ``ZeroShotLoss``), and ``meta-<algorithm>`` for
    maml, fomaml, reptile, metasgd and imaml over speaker tasks, from scratch
    or from another method's result (``config.train.init_from``), with the
    parameters adapted in the inner loop chosen by ``config.train.filter``;
@@ -40,6 +42,11 @@ The Tacotron speaker table has ``num_train_speakers + 1`` rows; the last row
   (the "average voice", the usual starting point for fine-tuning a new
   speaker, cf. Arik et al. 2018).
 * ``scratch`` starts from the random initialization.
+* ``zeroshot`` has no speaker table: its Tacotron is conditioned only on an
+  external speaker vector. A new voice's vector is the speaker encoder's
+  mean over its ``K`` support clips (0 steps: zero-shot); for ``S > 0``
+  steps that vector is the adapted ``speaker`` parameter (with the rest of
+  the protocol's filter), see ``ZeroShotAdapter``.
 
 Compute budget
 --------------
@@ -62,6 +69,8 @@ References:
     ICML, arXiv:1810.03642.
   Arik et al. (2018), Neural voice cloning with a few samples, NeurIPS,
     arXiv:1802.06006.
+  Jia et al. (2018), Transfer learning from speaker verification to
+    multispeaker text-to-speech synthesis, NeurIPS, arXiv:1806.04558.
   Huang et al. (2022), Meta-TTS, IEEE/ACM TASLP, arXiv:2111.04040.
   Shen et al. (2018), Tacotron 2, ICASSP, arXiv:1712.05884.
   van den Oord et al. (2016), WaveNet, arXiv:1609.03499.
@@ -93,6 +102,7 @@ from metatts.types import Task, VocoderBatch
 METHODS: Dict[str, str] = {
     "transfer": "pretrain",
     "multitask": "pretrain",
+    "zeroshot": "pretrain",
     "meta-maml": "maml",
     "meta-fomaml": "fomaml",
     "meta-metasgd": "metasgd",
@@ -160,6 +170,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.imaml_cg_steps = 3
   c.train.multitask_weight = 0.1
   c.train.multitask_l2 = 0.0
+  c.train.speaker_encoder_size = "tiny"  # zeroshot: SpeakerEncoder size
   c.train.init_from = ""  # "" | method key of this run | an export dir
   c.train.log_every = 10
   c.train.checkpoint_every = 50
@@ -411,6 +422,213 @@ class MultiTaskLoss:
     return loss + self.weight * ce + self.l2 * reg, aux
 
 
+def zeroshot_configs(config, data: Data):
+  """``(TacotronConfig, SpeakerEncoderConfig)`` of the ``zeroshot`` method.
+
+  The Tacotron is the one of ``tacotron_config`` without a speaker table,
+  conditioned on an external vector of the encoder's ``embed_dim``.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
+  ecfg = speaker_encoder.speaker_encoder_config(
+      config.train.speaker_encoder_size, n_mels=data.feature_config.n_mels)
+  tcfg = dataclasses.replace(tacotron_config(config, data),
+                             use_speaker_table=False,
+                             external_speaker_dim=ecfg.embed_dim)
+  return tcfg, ecfg
+
+
+def build_zeroshot(config, data: Data, seed: int):
+  """Initializes the joint zero-shot model.
+
+  Returns:
+    ``(graphdef, rest, encoder_graphdef, encoder_rest, params)`` with
+    ``params = {"acoustic": Tacotron params, "speaker_encoder": encoder
+    params}``.
+  """
+  from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
+  tcfg, ecfg = zeroshot_configs(config, data)
+  graphdef, acoustic, rest = build_params("tacotron", tcfg, seed)
+  # The encoder's initializers draw on the host (as the vocoder's): eager.
+  egraphdef, eparams, erest = functional.split(
+      speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(seed + 23)))
+  return graphdef, rest, egraphdef, erest, {"acoustic": acoustic,
+                                            "speaker_encoder": eparams}
+
+
+class ZeroShotLoss:
+  """Tacotron loss conditioned on speaker-encoder vectors of the same speaker.
+
+  For each clip ``i`` of a batch the speaker vector is the encoder's mean
+  over the *other* clips of the batch with the same speaker id
+  (leave-one-out, so a clip is never its own reference, as at test time
+  where the evaluation sentences are not among the support clips;
+  re-normalized as in ``SpeakerEncoder.embed_speakers``); a clip that is
+  alone with its speaker uses its own vector. The Tacotron reconstructs the
+  clip's mel from text and that vector, and the gradient of the
+  reconstruction loss trains both, as in Jia et al. (2018) without the
+  separately trained verification encoder and as in Arik et al. (2018)'s
+  speaker encoding. Nothing here sees a speaker-verification judge.
+
+  ``params = {"acoustic": ..., "speaker_encoder": ...}``.
+  """
+
+  def __init__(self, graphdef, rest, encoder_graphdef, encoder_rest):
+    self.graphdef, self.rest = graphdef, rest
+    self.encoder_graphdef, self.encoder_rest = encoder_graphdef, encoder_rest
+
+  def vectors(self, encoder_params, batch):
+    """[B, D] leave-one-out mean encoder vectors of the batch's speakers."""
+    enc = functional.merge(self.encoder_graphdef, encoder_params,
+                           self.encoder_rest)
+    e = enc(batch.mels, jnp.maximum(batch.mel_lengths, 1))  # [B, D]
+    ids = jnp.asarray(batch.speaker_ids)
+    b = ids.shape[0]
+    same = (ids[:, None] == ids[None, :]) & ~jnp.eye(b, dtype=bool)
+    w = same.astype(jnp.float32)  # [B, B]
+    count = w.sum(1, keepdims=True)  # [B, 1]
+    mean = (w @ e) / jnp.maximum(count, 1.0)
+    if enc.config.normalize:
+      mean = mean * jax.lax.rsqrt(jnp.maximum(
+          jnp.sum(mean * mean, -1, keepdims=True), 1e-12))
+    return jnp.where(count > 0, mean, e)
+
+  def __call__(self, params, batch):
+    v = self.vectors(params["speaker_encoder"], batch)
+    model = functional.merge(self.graphdef, params["acoustic"], self.rest)
+    return model.loss(batch, speaker_vectors=v)
+
+
+class ZeroShotAdapter(adaptation.Adapter):
+  """The adaptation protocol for the ``zeroshot`` method.
+
+  ``curve`` takes ``{"acoustic", "speaker_encoder"}`` params, encodes the
+  support clips into the new voice's vector (``speaker_vector``: the mean
+  over the ``K`` clips) and runs the *same* protocol as every other method
+  (optimizer, lr, steps, chunks, filter) on ``{"acoustic": ...,
+  "speaker_vector": [D]}``: the vector falls in the filter group
+  ``speaker``, so with ``speaker+decoder`` it is adapted together with the
+  decoder (and the Tacotron's speaker projection). At 0 steps the model is
+  conditioned on the encoder's vector as is: zero-shot.
+  """
+
+  def __init__(self, graphdef, rest, encoder_graphdef, encoder_rest,
+               protocol, mel_config, max_tokens: int, max_frames: int,
+               synth_frames: int, reduction_factor: int = 1,
+               griffin_lim_iters: int = 32):
+    super().__init__(graphdef, rest, protocol, mel_config, max_tokens,
+                     max_frames, synth_frames, reduction_factor,
+                     griffin_lim_iters)
+    from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
+
+    def loss_fn(params, batch):
+      model = functional.merge(graphdef, params["acoustic"], rest)
+      v = jnp.broadcast_to(params["speaker_vector"],
+                           (batch.tokens.shape[0],) +
+                           params["speaker_vector"].shape)  # [B, D]
+      return model.loss(batch, speaker_vectors=v)
+
+    self.loss_fn = loss_fn
+
+    def chunk(params, support, lrs, num_steps):
+      return meta.adapt(params, support, loss_fn,
+                        inner_optimizer=self.optimizer, num_steps=num_steps,
+                        filter=self.filter, lrs=lrs)
+
+    self._chunk = jax.jit(chunk, static_argnums=(3,))
+
+    def infer(params, tokens, token_lengths, speaker_ids):
+      model = functional.merge(graphdef, params["acoustic"], rest)
+      v = jnp.broadcast_to(params["speaker_vector"],
+                           (tokens.shape[0],) + params["speaker_vector"].shape)
+      return model.infer(tokens, token_lengths, speaker_ids,
+                         max_frames=synth_frames, speaker_vectors=v)
+
+    self._infer = jax.jit(infer)
+
+    def encode(encoder_params, mels, lengths):
+      enc = functional.merge(encoder_graphdef, encoder_params, encoder_rest)
+      return speaker_encoder.speaker_vector(enc, mels, lengths)  # [D]
+
+    self._encode = jax.jit(encode)
+
+  def start(self, params, support):
+    """The 0-step parameters for a support batch: the encoded vector."""
+    v = self._encode(params["speaker_encoder"], support.mels,
+                     jnp.maximum(support.mel_lengths, 1))
+    return {"acoustic": params["acoustic"], "speaker_vector": v}
+
+  def curve(self, params, support, lrs=None):
+    """As ``Adapter.curve``, starting from the encoder's vector."""
+    if "speaker_encoder" in params:
+      params = self.start(params, support)
+    return super().curve(params, support, lrs)
+
+
+def export_zeroshot(directory: str, config, data: Data, params, slot: int,
+                    info: Mapping[str, Any]) -> str:
+  """Exports the zero-shot Tacotron and, beside it, its speaker encoder.
+
+  ``directory`` is a normal ``metatts.training.export`` folder of the
+  Tacotron (``external_speaker_dim > 0``, no table); ``model.json`` also
+  holds ``speaker_encoder_config`` and the encoder's parameters are in
+  ``directory/speaker_encoder`` (load both with ``load_zeroshot``).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  tcfg, ecfg = zeroshot_configs(config, data)
+  path = export.export_model(
+      directory, method="zeroshot", model_name="tacotron", model_config=tcfg,
+      params=params["acoustic"], feature_config=data.feature_config,
+      symbols=data.feature_config.symbols, speakers=data.speakers,
+      adapt=_adapt_info(config, slot),
+      info=dict(info, speaker_encoder_config=export.config_to_dict(ecfg)))
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(path, "speaker_encoder"),
+             jax.tree.map(np.asarray, params["speaker_encoder"]))
+  ckptr.wait_until_finished()
+  ckptr.close()
+  return path
+
+
+def load_zeroshot(directory: str):
+  """Loads an export of ``export_zeroshot``.
+
+  Returns:
+    ``(tacotron, encoder, params, info)``: the merged Tacotron and
+    ``SpeakerEncoder`` modules, ``{"acoustic", "speaker_encoder"}`` params
+    and the ``model.json`` dict.
+
+  Raises:
+    FileNotFoundError / ValueError: not a zeroshot export, or no encoder.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
+  model, acoustic, info, _ = export.load_exported(directory)
+  ecfg_dict = info.get("speaker_encoder_config")
+  enc_dir = os.path.join(info["directory"], "speaker_encoder")
+  if ecfg_dict is None or not os.path.isdir(enc_dir):
+    raise FileNotFoundError(
+        f"{info['directory']} is not a zeroshot export (no "
+        "speaker_encoder_config in model.json or no speaker_encoder/ "
+        "folder); export it with metatts.experiments.tts.export_zeroshot.")
+  ecfg = speaker_encoder.SpeakerEncoderConfig(**{
+      k: (tuple(v) if isinstance(v, list) else v)
+      for k, v in ecfg_dict.items()})
+  # Eager: the encoder's initializers draw on the host (values replaced).
+  egraphdef, abstract, erest = functional.split(
+      speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(0)))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract)
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    eparams = ckptr.restore(enc_dir, abstract)
+  finally:
+    ckptr.close()
+  encoder = functional.merge(egraphdef, eparams, erest)
+  return model, encoder, {"acoustic": acoustic,
+                          "speaker_encoder": eparams}, info
+
+
 def set_slot_to_mean(params, slot: int):
   """Returns params whose speaker-table row ``slot`` is the mean of the
   rows before it (the trained speakers)."""
@@ -477,7 +695,7 @@ def _adapt_info(config, slot: int) -> dict:
 def _init_params(config, method: str, workdir: str, params0, slot: int):
   """Starting parameters: random init, or ``config.train.init_from``."""
   src = config.train.init_from
-  if not src or method in ("transfer", "multitask"):
+  if not src or method in ("transfer", "multitask", "zeroshot"):
     return params0
   path = src if os.path.sep in src or os.path.isdir(src) else os.path.join(
       workdir, src)
@@ -492,7 +710,9 @@ def train_method(method: str, config, data: Data, graphdef, rest, params0,
   """Trains (or resumes) one method and exports it.
 
   Returns:
-    ``{"params", "extra", "seconds", "clip_passes", "export", ...}``.
+    ``{"params", "extra", "seconds", "clip_passes", "export", ...}``; for
+    ``zeroshot`` also ``"zeroshot"``: its graphdefs (``params`` is then
+    ``{"acoustic", "speaker_encoder"}``).
   """
   t = config.train
   slot = len(data.speakers)
@@ -512,6 +732,14 @@ def train_method(method: str, config, data: Data, graphdef, rest, params0,
                        "bias": jnp.zeros((len(data.speakers),))}}
     loss_fn = MultiTaskLoss(graphdef, rest, t.multitask_weight,
                             t.multitask_l2)
+  zeroshot = None
+  if method == "zeroshot":
+    # Its own architecture (external vector, no table) and the encoder.
+    graphdef, rest, egraphdef, erest, start_params = build_zeroshot(
+        config, data, int(config.seed))
+    loss_fn = ZeroShotLoss(graphdef, rest, egraphdef, erest)
+    zeroshot = {"graphdef": graphdef, "rest": rest,
+                "encoder_graphdef": egraphdef, "encoder_rest": erest}
   factory = task_factory(data, config, slot if is_meta else None)
   _say(f"[{method}] training {t.num_steps} steps ({METHODS[method]}, "
        f"N={t.num_tasks} K={t.num_support} Q={t.num_query}, filter "
@@ -527,18 +755,22 @@ def train_method(method: str, config, data: Data, graphdef, rest, params0,
     params = params["acoustic"]
   extra = result.meta_state.extra
   extra = extra if jax.tree_util.tree_leaves(extra) else None
-  if not is_meta:
-    params = set_slot_to_mean(params, slot)
-  exp = export.export_model(
-      os.path.join(mdir, "model"), method=method, model_name="tacotron",
-      model_config=tacotron_config(config, data), params=params,
-      feature_config=data.feature_config,
-      symbols=data.feature_config.symbols, speakers=data.speakers,
-      adapt=_adapt_info(config, slot), extra=extra,
-      info={"train_steps": int(result.step),
-            "learner": METHODS[method],
-            "num_skipped": int(result.meta_state.num_skipped)})
+  info = {"train_steps": int(result.step), "learner": METHODS[method],
+          "num_skipped": int(result.meta_state.num_skipped)}
+  if zeroshot is not None:
+    exp = export_zeroshot(os.path.join(mdir, "model"), config, data, params,
+                          slot, info)
+  else:
+    if not is_meta:
+      params = set_slot_to_mean(params, slot)
+    exp = export.export_model(
+        os.path.join(mdir, "model"), method=method, model_name="tacotron",
+        model_config=tacotron_config(config, data), params=params,
+        feature_config=data.feature_config,
+        symbols=data.feature_config.symbols, speakers=data.speakers,
+        adapt=_adapt_info(config, slot), extra=extra, info=info)
   return {"params": params, "extra": extra, "seconds": seconds,
+          "zeroshot": zeroshot,
           "cpu_seconds": time.process_time() - cpu0,
           "clip_passes": clip_passes(method, t, int(t.num_steps)),
           "export": exp, "resumed_from": result.resumed_from,
@@ -787,12 +1019,21 @@ def run(config, workdir: str) -> Dict[str, Any]:
     starts = {m: (r["params"], r["extra"]) for m, r in trained.items()}
     if config.adapt.scratch:
       starts["scratch"] = (params0, None)
+    adapters = {}
+    if "zeroshot" in trained:
+      z = trained["zeroshot"]["zeroshot"]
+      adapters["zeroshot"] = ZeroShotAdapter(
+          z["graphdef"], z["rest"], z["encoder_graphdef"],
+          z["encoder_rest"], protocol, data.feature_config.mel_config(),
+          lim_t, lim_f, synth_frames, mcfg.reduction_factor,
+          int(config.adapt.griffin_lim_iters))
     _say(f"Adapting {len(starts)} methods to {len(speakers)} held-out "
          f"speakers: shots {protocol.shots}, steps {protocol.steps}, "
          f"{protocol.optimizer} lr {protocol.lr}, filter {protocol.filter}.")
     for m, (p, extra) in starts.items():
-      adaptation.run_method(adapter, m, p, speakers, samples_dir,
-                            data.feature_config.sample_rate, lrs=extra,
+      adaptation.run_method(adapters.get(m, adapter), m, p, speakers,
+                            samples_dir, data.feature_config.sample_rate,
+                            lrs=extra,
                             progress=bool(config.progress))
     timings["adapt"] = time.perf_counter() - tick
     if config.eval.enabled:
@@ -852,6 +1093,7 @@ def _headline(metrics: dict) -> dict:
 
 
 __all__ = ["BASELINES", "Data", "default_config", "METHODS", "MultiTaskLoss", "build_params",
-           "clip_passes", "make_learner", "prepare_data", "run",
+           "build_zeroshot", "clip_passes", "export_zeroshot", "load_zeroshot",
+           "ZeroShotAdapter", "ZeroShotLoss", "zeroshot_configs", "make_learner", "prepare_data", "run",
            "set_slot_to_mean", "task_factory", "tacotron_config",
            "train_method", "train_vocoder", "vocoder_tasks"]
