@@ -8,19 +8,23 @@ What ``make quickstart`` runs (2-core CPU, no GPU, nothing downloaded)::
 It builds the embedded synthetic corpus (``metatts.data.synth`` preset
 ``default``: 116 speakers from Debian's flite/festival/espeak-ng voices,
 WORLD-perturbed) into ``~/.cache/metatts/synth-default`` if it is missing,
-computes its log-mel features, trains a multi-speaker ``transfer`` baseline
-and a first-order MAML model (``meta-fomaml``) for the same number of
-clip forward/backward passes, adapts both and an untrained (``scratch``)
-model to held-out speakers of seen voices (``heldout_seen``) and of an unseen
-voice (``heldout_unseen``) with 1 and 5 clips for 0/5/20/100 steps, writes
+computes its log-mel features, trains a multi-speaker ``transfer`` baseline,
+a first-order MAML model (``meta-fomaml``) and a speaker-encoder model
+(``zeroshot``: the vector of the support clips, 0 steps = zero-shot) for the
+same number of clip forward/backward passes, adapts them and an untrained
+(``scratch``) model to held-out speakers of seen voices (``heldout_seen``)
+and of an unseen voice (``heldout_unseen``) with 1 and 5 clips for 0/5/20/100 steps, writes
 ``runs/quickstart/samples`` and the report ``runs/quickstart/report/
 index.html`` (speaker similarity and verification EER with Resemblyzer).
 
 Measured run time on this 2-core machine, fresh corpus and caches, nearly
 idle: 8.6 min wall, 11.8 CPU-min (corpus build + features 4 min, training
-2 x 1 min, adaptation 2 min, evaluation 0.5 min); with five other jobs on
-the same 2 cores it took 29.8 min wall (8.5 CPU-min, caches warm). Details
-and results: docs/results/adaptation.md. Rerunning reuses the corpus and
+2 x 1 min, adaptation 2 min, evaluation 0.5 min) with transfer and
+meta-fomaml only; ``zeroshot`` was added after that and measured alone
+(caches warm, nearly idle): 1.1 min training + 0.8 min adaptation, so about
+10.5-11 min in all is expected (not yet measured as one run); with five
+other jobs on the same 2 cores it took 29.8 min wall (8.5 CPU-min, caches
+warm; before zeroshot). Details and results: docs/results/adaptation.md. Rerunning reuses the corpus and
 feature caches and resumes training from its checkpoints.
 
 The argument picks a size: ``quickstart.py`` (default) or
@@ -43,7 +47,7 @@ def get_config(arg: str = "quickstart"):
   c = default_config()
   c.name = f"quickstart-{size}"
   c.expected_minutes = 20
-  c.methods = ("transfer", "meta-fomaml")
+  c.methods = ("transfer", "meta-fomaml", "zeroshot")
   # Sized so that the whole run fits 20 minutes on an idle 2-core CPU:
   # reduction factor 4 (a quarter of the decoder steps), clips up to 256
   # frames (3.2 s), 150 steps per method, 5-clip adaptation of 4 speakers per
@@ -57,6 +61,7 @@ def get_config(arg: str = "quickstart"):
   c.adapt.max_speakers = 4
   if size == "smoke":
     c.expected_minutes = 2
+    c.methods = ("transfer", "meta-fomaml")  # zeroshot: test_tts_zeroshot
     c.data.root = "~/.cache/metatts/synth-smoke"
     # Smaller than the "tiny" preset: 2 voices, 5 speakers x 5 clips (3
     # training speakers, 1 heldout_seen, 1 heldout_unseen).
