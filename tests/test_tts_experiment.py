@@ -28,21 +28,8 @@ import pytest
 from metatts.experiments import adaptation
 from metatts.experiments import tts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "experiments", "configs", "quickstart.py")
-
-
-def _smoke_config(tmp):
-  sys.path.insert(0, os.path.dirname(CONFIG))
-  try:
-    import quickstart  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  c = quickstart.get_config("smoke")
-  c.data.root = os.path.join(tmp, "corpus")
-  c.data.cache_dir = os.path.join(tmp, "features")
-  c.progress = False
-  return c
+from tts_smoke import CONFIG, REPO
+from tts_smoke import smoke_config as _smoke_config
 
 
 @pytest.fixture(scope="module")

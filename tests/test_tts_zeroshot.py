@@ -15,7 +15,6 @@ trains ``zeroshot`` on it; the tests check that
 """
 
 import os
-import sys
 import types
 
 import jax
@@ -27,20 +26,11 @@ from metatts import functional
 from metatts.experiments import adaptation
 from metatts.experiments import tts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "experiments", "configs", "quickstart.py")
+from tts_smoke import smoke_config
 
 
 def _smoke_config(tmp):
-  sys.path.insert(0, os.path.dirname(CONFIG))
-  try:
-    import quickstart  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  c = quickstart.get_config("smoke")
-  c.data.root = os.path.join(tmp, "corpus")
-  c.data.cache_dir = os.path.join(tmp, "features")
-  c.progress = False
+  c = smoke_config(tmp)
   c.methods = ("zeroshot",)
   c.train.num_steps = 6
   c.train.outer_lr = 3e-3

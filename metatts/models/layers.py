@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import jax
@@ -415,3 +416,31 @@ class Prenet(nnx.Module):
       layer_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
       x = dropout(x, self.dropout_rate, layer_keys)
     return x
+
+
+def sized_config(cls, sizes, size: str, overrides, label: str):
+  """Builds the frozen-dataclass config ``cls`` of a named size with overrides.
+
+  Args:
+    cls: the config dataclass.
+    sizes: ``{size name: {field: value}}``.
+    size: the size name.
+    overrides: field overrides.
+    label: the model's name for error messages (e.g. "WaveNet").
+
+  Returns:
+    ``cls(**{**sizes[size], **overrides})``.
+
+  Raises:
+    ValueError: an unknown size or field, naming the valid ones.
+  """
+  if size not in sizes:
+    raise ValueError(
+        f"Unknown {label} size {size!r}; use one of {tuple(sizes)}.")
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(
+        f"Unknown {cls.__name__} field(s) {unknown}; valid fields are "
+        f"{sorted(fields)}.")
+  return cls(**{**sizes[size], **overrides})

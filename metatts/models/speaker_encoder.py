@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from metatts.models import layers
 from metatts.models.layers import LSTM, Conv1D, apply_mask, length_mask
 from metatts.models.wavenet import NormalSource
 
@@ -106,16 +107,8 @@ def speaker_encoder_config(size: str = "tiny",
   Returns:
     The config.
   """
-  if size not in _SIZES:
-    raise ValueError(
-        f"Unknown speaker encoder size {size!r}; use one of {tuple(_SIZES)}.")
-  fields = {f.name for f in dataclasses.fields(SpeakerEncoderConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(
-        f"Unknown SpeakerEncoderConfig field(s) {unknown}; valid fields are "
-        f"{sorted(fields)}.")
-  return SpeakerEncoderConfig(**{**_SIZES[size], **overrides})
+  return layers.sized_config(SpeakerEncoderConfig, _SIZES, size, overrides,
+                             "speaker encoder")
 
 
 def _l2_normalize(x: Array) -> Array:

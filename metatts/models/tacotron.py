@@ -177,20 +177,9 @@ def tacotron_config(size: str = "tiny", **overrides: Any) -> TacotronConfig:
   Raises:
     ValueError: unknown size or field.
   """
-  if size not in SIZES:
-    raise ValueError(
-        f"Unknown Tacotron size {size!r}; choose one of {sorted(SIZES)}.")
-  fields = {f.name for f in dataclasses.fields(TacotronConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(
-        f"Unknown TacotronConfig field(s) {unknown}; valid fields are "
-        f"{sorted(fields)}.")
-  kwargs = dict(SIZES[size])
-  kwargs.update(overrides)
-  if "prenet_dims" in kwargs:
-    kwargs["prenet_dims"] = tuple(kwargs["prenet_dims"])
-  config = TacotronConfig(**kwargs)
+  if "prenet_dims" in overrides:
+    overrides["prenet_dims"] = tuple(overrides["prenet_dims"])
+  config = layers.sized_config(TacotronConfig, SIZES, size, overrides, "Tacotron")
   _check_config(config)
   return config
 

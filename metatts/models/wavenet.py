@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from metatts.models import layers
 from metatts.types import VocoderBatch
 
 Array = jax.Array
@@ -208,16 +209,7 @@ def wavenet_config(size: str = "tiny", **overrides) -> WaveNetConfig:
   Returns:
     The config.
   """
-  if size not in _SIZES:
-    raise ValueError(
-        f"Unknown WaveNet size {size!r}; use one of {tuple(_SIZES)}.")
-  fields = {f.name for f in dataclasses.fields(WaveNetConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(
-        f"Unknown WaveNetConfig field(s) {unknown}; valid fields are "
-        f"{sorted(fields)}.")
-  return WaveNetConfig(**{**_SIZES[size], **overrides})
+  return layers.sized_config(WaveNetConfig, _SIZES, size, overrides, "WaveNet")
 
 
 # ----------------------------------------------------------------------------
