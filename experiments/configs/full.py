@@ -3,7 +3,7 @@ r"""GPU run at paper size on a real corpus (VCTK 0.92 or LibriTTS).
 Not run in this repository yet (no GPU and no corpus can be downloaded
 here); expected 1-3 days on one A100/H100 for all methods. Commands::
 
-  # VCTK 0.92 (wav48_silence_trimmed/pXXX/*_mic1.flac + txt/):
+  # VCTK 0.92 (wav48_silence_trimmed/p225/*_mic1.flac + txt/):
   python experiments/main.py --config experiments/configs/full.py:vctk \
       --workdir runs/full-vctk --config.data.root=/data/VCTK-Corpus-0.92
 

@@ -14,8 +14,8 @@ Supported layouts (see docs/data.md):
 
 * VCTK 0.92::
 
-    ROOT/wav48_silence_trimmed/pXXX/pXXX_YYY_mic1.flac
-    ROOT/txt/pXXX/pXXX_YYY.txt
+    ROOT/wav48_silence_trimmed/p225/p225_001_mic1.flac
+    ROOT/txt/p225/p225_001.txt
 
 * LibriTTS (ROOT is the LibriTTS folder holding the splits, or one split)::
 
@@ -206,12 +206,12 @@ def load_vctk(root: str, mic: str = "mic1") -> Corpus:
     mic: "mic1" or "mic2".
 
   Returns:
-    Corpus named "vctk"; speakers "pXXX", utt ids "pXXX_YYY"; all speakers are
+    Corpus named "vctk"; speakers like "p225", utt ids like "p225_001"; all speakers are
     in split "train" (choose held-out speakers in the experiment config).
     ``sample_rate`` is 48000 (files are resampled on load).
   """
-  layout = ("ROOT/wav48_silence_trimmed/pXXX/pXXX_YYY_mic1.flac and "
-            "ROOT/txt/pXXX/pXXX_YYY.txt (VCTK 0.92)")
+  layout = ("ROOT/wav48_silence_trimmed/p225/p225_001_mic1.flac and "
+            "ROOT/txt/p225/p225_001.txt (VCTK 0.92)")
   root = _require_dir(root, layout)
   wav_root = os.path.join(root, "wav48_silence_trimmed")
   txt_root = os.path.join(root, "txt")

@@ -216,6 +216,17 @@ def _reshape(batch: TTSBatch, n: int, k: int) -> TTSBatch:
   return TTSBatch(*(x.reshape((n, k) + x.shape[1:]) for x in batch))
 
 
+def _index_speakers(speakers, buckets, skipped, speaker_ids):
+  """Indexes the clips and resolves the speaker table, checking it covers all."""
+  clips, n_mels = _index_clips(speakers, buckets, skipped)
+  table = dict(speaker_ids) if speaker_ids is not None else speaker_table(speakers)
+  missing = sorted(set(speakers) - set(table))
+  if missing:
+    raise ValueError(f"Speakers {missing[:5]} are not in speaker_ids; pass "
+                     "a table that covers every speaker.")
+  return clips, n_mels, table
+
+
 class EpisodeSampler:
   """Meta-batches of few-shot speaker tasks with bucketed fixed shapes.
 
@@ -286,13 +297,8 @@ class EpisodeSampler:
                              num_buckets, max_tokens, max_frames)
     self.buckets = validate_buckets(buckets)
     self.skipped = collections.Counter()
-    clips, self.n_mels = _index_clips(speakers, self.buckets, self.skipped)
-    self.speaker_ids = dict(speaker_ids) if speaker_ids is not None else (
-        speaker_table(speakers))
-    missing = sorted(set(speakers) - set(self.speaker_ids))
-    if missing:
-      raise ValueError(f"Speakers {missing[:5]} are not in speaker_ids; pass "
-                       "a table that covers every speaker.")
+    clips, self.n_mels, self.speaker_ids = _index_speakers(
+        speakers, self.buckets, self.skipped, speaker_ids)
     need = num_support + num_query
     # Per speaker: distinct texts -> clips reading them.
     self._by_text: Dict[str, List[List[_Clip]]] = {}
@@ -410,13 +416,8 @@ class BatchIterator:
     self.batch_size, self.group_by_bucket, self.seed = (batch_size,
                                                         group_by_bucket, seed)
     self.skipped = collections.Counter()
-    clips, self.n_mels = _index_clips(speakers, self.buckets, self.skipped)
-    self.speaker_ids = dict(speaker_ids) if speaker_ids is not None else (
-        speaker_table(speakers))
-    missing = sorted(set(speakers) - set(self.speaker_ids))
-    if missing:
-      raise ValueError(f"Speakers {missing[:5]} are not in speaker_ids; pass "
-                       "a table that covers every speaker.")
+    clips, self.n_mels, self.speaker_ids = _index_speakers(
+        speakers, self.buckets, self.skipped, speaker_ids)
     self._clips = [(c, self.speaker_ids[s]) for s in sorted(clips)
                    for c in clips[s]]
     self.num_clips = len(self._clips)

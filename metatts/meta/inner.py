@@ -148,3 +148,18 @@ def adapt(
   final, _ = loss(result.params, support)
   losses = jnp.concatenate([result.support_losses, final[None]])
   return result.params, losses
+
+
+def protocol_adapt(inner_optimizer, num_inner_steps, filter, compute_dtype):
+  """``MetaLearner.adapt`` for learners without learned inner rates.
+
+  Test time runs the plain inner loop with the learner's own optimizer,
+  filter and (by default) number of steps.
+  """
+
+  def adapt_fn(state, support, loss_fn, num_steps=None):
+    return adapt(state.params, support, loss_fn, inner_optimizer=inner_optimizer,
+                 num_steps=num_inner_steps if num_steps is None else num_steps,
+                 filter=filter, compute_dtype=compute_dtype)
+
+  return adapt_fn

@@ -16,7 +16,7 @@ import jax
 import optax
 
 from metatts.meta import base
-from metatts.meta.inner import adapt as _adapt
+from metatts.meta.inner import protocol_adapt
 
 
 def pretrain(
@@ -61,9 +61,6 @@ def pretrain(
 
     return base.apply_meta_update(opt, state, grads, dict(metrics, loss=value), "loss")
 
-  def adapt(state, support, loss_fn, num_steps=None):
-    return _adapt(state.params, support, loss_fn, inner_optimizer=inner,
-                  num_steps=num_inner_steps if num_steps is None else num_steps,
-                  filter=filter, compute_dtype=compute_dtype)
+  adapt = protocol_adapt(inner, num_inner_steps, filter, compute_dtype)
 
   return base.MetaLearner(init, step, adapt)

@@ -13,7 +13,7 @@ import jax
 import optax
 
 from metatts.meta import base
-from metatts.meta.inner import adapt as _adapt
+from metatts.meta.inner import protocol_adapt
 from metatts.meta.inner import inner_loop
 
 
@@ -93,9 +93,6 @@ def reptile(
 
     return base.apply_meta_update(outer, state, grads, metrics)
 
-  def adapt(state, support, loss_fn, num_steps=None):
-    return _adapt(state.params, support, loss_fn, inner_optimizer=inner,
-                  num_steps=num_inner_steps if num_steps is None else num_steps,
-                  filter=filter, compute_dtype=compute_dtype)
+  adapt = protocol_adapt(inner, num_inner_steps, filter, compute_dtype)
 
   return base.MetaLearner(init, step, adapt)
