@@ -13,19 +13,19 @@ a first-order MAML model (``meta-fomaml``) and a speaker-encoder model
 (``zeroshot``: the vector of the support clips, 0 steps = zero-shot) for the
 same number of clip forward/backward passes, adapts them and an untrained
 (``scratch``) model to held-out speakers of seen voices (``heldout_seen``)
-and of an unseen voice (``heldout_unseen``) with 1 and 5 clips for 0/5/20/100 steps, writes
+and of an unseen voice (``heldout_unseen``) with 5 clips for 0/5/20/100 steps
+(``--config.adapt.shots='(1,5)'`` adds 1-clip adaptation), writes
 ``runs/quickstart/samples`` and the report ``runs/quickstart/report/
 index.html`` (speaker similarity and verification EER with Resemblyzer).
 
-Measured run time on this 2-core machine, fresh corpus and caches, nearly
-idle: 8.6 min wall, 11.8 CPU-min (corpus build + features 4 min, training
-2 x 1 min, adaptation 2 min, evaluation 0.5 min) with transfer and
-meta-fomaml only; ``zeroshot`` was added after that and measured alone
-(caches warm, nearly idle): 1.1 min training + 0.8 min adaptation, so about
-10.5-11 min in all is expected (not yet measured as one run); with five
-other jobs on the same 2 cores it took 29.8 min wall (8.5 CPU-min, caches
-warm; before zeroshot). Details and results: docs/results/adaptation.md. Rerunning reuses the corpus and
-feature caches and resumes training from its checkpoints.
+Measured run time on this 2-core machine: 6.9 min wall from a fresh clone
+with the corpus and features already cached (three methods + scratch);
+building the corpus and features from nothing adds about 4 min (measured
+244 s), so about 11 min on a fresh machine, plus the install step (4-6 min).
+On a machine shared with other jobs it is proportionally slower (29.8 min
+with five other jobs on the 2 cores). Details and results:
+docs/results/adaptation.md. Rerunning reuses the corpus and feature caches
+and resumes training from its checkpoints.
 
 The argument picks a size: ``quickstart.py`` (default) or
 ``quickstart.py:smoke`` (a 5-speaker corpus, a microscopic model, a few
