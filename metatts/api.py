@@ -75,6 +75,7 @@ from metatts.audio import features as afeat
 from metatts.audio import io as aio
 from metatts.audio import text as atext
 from metatts.data import features as dfeat
+from metatts.models import tacotron
 from metatts.types import TTSBatch
 
 PathLike = Union[str, os.PathLike]
@@ -93,9 +94,11 @@ MAX_SEC_PER_SYMBOL = 1.0
 # Synthesis length limits per input symbol (cf. ESPnet's Tacotron 2
 # maxlenratio / minlenratio): a frame budget of at most SYNTH_SEC_PER_SYMBOL,
 # and a stop before SYNTH_MIN_SEC_PER_SYMBOL (50 symbols/s, faster than any
-# speech) is ignored.
+# speech) is ignored. The minimum is the one rule of
+# ``metatts.models.tacotron.min_synthesis_frames``, which the evaluation's
+# synthesis uses too; the name here is an alias of that constant.
 SYNTH_SEC_PER_SYMBOL = 0.25
-SYNTH_MIN_SEC_PER_SYMBOL = 0.02
+SYNTH_MIN_SEC_PER_SYMBOL = tacotron.SYNTH_MIN_SEC_PER_SYMBOL
 SENTENCE_PAUSE_SECONDS = 0.15
 GRIFFIN_LIM_ITERS = 32
 # Synthesized audio louder than this peak is scaled down to it.
@@ -335,12 +338,12 @@ def _adapt_function(graphdef, filter_name: str, optimizer_name: str,
 def _infer_function(graphdef):
   """Jitted Tacotron inference over a params pytree (``max_frames`` static)."""
 
-  def infer_fn(params, rest, tokens, token_lengths, speaker_ids, seeds, *,
-               max_frames, stop_threshold):
+  def infer_fn(params, rest, tokens, token_lengths, speaker_ids, seeds,
+               min_frames, *, max_frames, stop_threshold):
     model = functional.merge(graphdef, params, rest)
     return model.infer(tokens, token_lengths, speaker_ids,
                        max_frames=max_frames, seeds=seeds,
-                       stop_threshold=stop_threshold)
+                       stop_threshold=stop_threshold, min_frames=min_frames)
 
   return jax.jit(infer_fn, static_argnames=("max_frames", "stop_threshold"))
 
@@ -799,21 +802,16 @@ class TTS:
       max_frames = min(self.config.max_frames,
                        _round_up(budget, FRAME_BUCKET))
       seeds = np.asarray([(seed * 1000003 + i) % 2**32], np.uint32)
-      min_frames = min(max_frames - 1, math.ceil(
-          SYNTH_MIN_SEC_PER_SYMBOL * ids.shape[0] * sr / hop))
-      args = (params, self.rest, jnp.asarray(tokens),
-              jnp.asarray([ids.shape[0]], jnp.int32),
-              jnp.asarray([speaker_slot], jnp.int32), jnp.asarray(seeds))
-      out = self._infer_jit(*args, max_frames=max_frames, stop_threshold=0.5)
+      # A stop before the text can have been said is ignored (one rule with
+      # the evaluation, see tacotron.min_synthesis_frames).
+      min_frames = tacotron.min_synthesis_frames([ids.shape[0]], sr, hop,
+                                                 max_frames)
+      out = self._infer_jit(
+          params, self.rest, jnp.asarray(tokens),
+          jnp.asarray([ids.shape[0]], jnp.int32),
+          jnp.asarray([speaker_slot], jnp.int32), jnp.asarray(seeds),
+          jnp.asarray(min_frames), max_frames=max_frames, stop_threshold=0.5)
       length = int(out.lengths[0])
-      if length < min_frames:
-        # Stopped before the text can have been said: decode the whole budget
-        # without stopping and cut at the first stop after min_frames.
-        out = self._infer_jit(*args, max_frames=max_frames,
-                              stop_threshold=2.0)  # probabilities are <= 1
-        probs = np.asarray(out.stop_probs[0, min_frames:])
-        hits = np.nonzero(probs > 0.5)[0]
-        length = min_frames + int(hits[0]) + 1 if hits.size else max_frames
       mel = np.asarray(out.mel[0, :length], np.float32)  # [T, M]
       key = jax.random.fold_in(jax.random.key(seed), i)
       audio = np.asarray(self.vocoder(mel, key), np.float32)

@@ -256,6 +256,63 @@ def test_synthesize_returns_finite_audio_matching_the_mel(voice):
   np.testing.assert_array_equal(audio, again)
 
 
+def test_api_and_evaluation_share_the_synthesis_length_rule(tmp_path):
+  """A model that predicts "stop" at once speaks min_frames + 1 frames.
+
+  The rule (``tacotron.min_synthesis_frames``: 0.02 s per symbol, here 2
+  frames per symbol at 8 kHz / hop 80) is the same in ``TTS.synthesize`` and
+  in the evaluation's ``Adapter.synthesize``; the reference is the old
+  two-pass cut: decode without stopping (threshold 2.0) and cut at the first
+  stop probability > 0.5 at or after min_frames.
+  """
+  import types  # pylint: disable=g-import-not-at-top
+  from metatts.experiments import adaptation  # pylint: disable=g-import-not-at-top
+  from metatts.models import tacotron  # pylint: disable=g-import-not-at-top
+  config, params = random_params(2)
+  params["decoder"]["stop_proj"]["bias"] = np.full_like(
+      params["decoder"]["stop_proj"]["bias"], 50.0)
+  path = export.export_model(
+      str(tmp_path / "stop"), method="transfer", model_name="tacotron",
+      model_config=config, params=params, feature_config=FEATURES,
+      symbols="characters", speakers=["s0", "s1", "s2"], adapt=ADAPT)
+  tts = api.load(path)
+  voice = tts.voice(0)
+  texts = ["Hi.", "Hi there, you."]  # one token bucket (16)
+  lengths, compiled = {}, []
+  for text in texts:
+    ids = tts.split_text(text)[0]
+    _, _, mel = voice.synthesize(text, return_mel=True)
+    compiled.append(tts._infer_jit._cache_size())  # pylint: disable=protected-access
+    lengths[text] = mel.shape[0]
+    n = ids.shape[0]
+    assert api.SYNTH_MIN_SEC_PER_SYMBOL == tacotron.SYNTH_MIN_SEC_PER_SYMBOL
+    assert mel.shape[0] == 2 * n + 1
+    # The old two-pass reference on the same padded input.
+    lb = api._bucket(n, api.TOKEN_BUCKET, config.max_tokens)  # pylint: disable=protected-access
+    tokens = np.zeros((1, lb), np.int32)
+    tokens[0, :n] = ids
+    full = tacotron.synthesize(
+        functional.merge(tts.graphdef, tts.params, tts.rest), tokens, [n],
+        [0], max_frames=config.max_frames, stop_threshold=2.0)
+    probs = np.asarray(full.stop_probs[0])
+    hits = np.nonzero(probs[2 * n:] > 0.5)[0]
+    assert mel.shape[0] == 2 * n + int(hits[0]) + 1
+  # Two texts of one token bucket but different min_frames: one compilation
+  # (the cache is shared with other models of this graph: count the growth).
+  assert compiled[1] == compiled[0]
+  # The evaluation's synthesis of the same texts.
+  protocol = adaptation.Protocol("speaker+decoder", "sgd", 0.01, (0,), (1,),
+                                 2, 0, 3)
+  adapter = adaptation.Adapter(tts.graphdef, tts.rest, protocol,
+                               FEATURES.mel_config(), 32, 64, 64,
+                               config.reduction_factor, 2)
+  examples = [types.SimpleNamespace(
+      tokens=tts.split_text(t)[0], mel=np.zeros((4, 20), np.float32),
+      audio_path=t) for t in texts]
+  _, _, eval_lengths = adapter.synthesize(params, examples, 0)
+  assert eval_lengths.tolist() == [lengths[t] for t in texts]
+
+
 def test_save_and_load_voice_synthesize_identically(voice, tmp_path):
   out = voice.save(str(tmp_path / "voice"))
   for name in ("voice.json", "model.json", "params"):

@@ -309,6 +309,113 @@ def test_inference_dropout_uses_seeds(setup, batch):
   assert np.abs(np.asarray(a.mel) - np.asarray(c.mel)).max() > 1e-3
 
 
+def _first_stop_lengths(stop_probs, min_frames, max_frames):
+  """Reference lengths in numpy: first index >= min_frames with p > 0.5, +1."""
+  out = []
+  for p, mf in zip(np.asarray(stop_probs), min_frames):
+    hits = np.nonzero(p[:max_frames] > 0.5)[0]
+    hits = hits[hits >= mf]
+    out.append(int(hits[0]) + 1 if hits.size else max_frames)
+  return out
+
+
+def _mixed_stop_model(setup, batch):
+  """The model with the stop bias at minus its median stop logit."""
+  model, _ = _with_stop_bias(setup, 0.0)
+  full = T.synthesize(model, batch.tokens, batch.token_lengths,
+                      batch.speaker_ids, max_frames=30, seeds=batch.seeds,
+                      stop_threshold=2.0)
+  p = np.asarray(full.stop_probs)[:, :30].astype(np.float64)
+  return _with_stop_bias(setup, -float(np.median(np.log(p / (1 - p)))))
+
+
+@pytest.fixture(scope="module")
+def min_frames_runs(setup, batch):
+  """Runs of one random model: never stopping, and with min_frames."""
+  traces = []
+
+  @jax.jit
+  def infer(params, min_frames):
+    traces.append(1)  # runs once per trace (compile)
+    m = functional.merge(setup["graphdef"], params, setup["rest"])
+    return m.infer(batch.tokens, batch.token_lengths, batch.speaker_ids,
+                   max_frames=30, seeds=batch.seeds, min_frames=min_frames)
+
+  return dict(infer=infer, traces=traces)
+
+
+def test_min_frames_ignores_early_stops_like_the_two_pass_rule(
+    setup, batch, min_frames_runs):
+  infer = min_frames_runs["infer"]
+  # A model whose stop fires on every frame: stops at min_frames exactly.
+  model, params = _with_stop_bias(setup, 50.0)
+  full = T.synthesize(model, batch.tokens, batch.token_lengths,
+                      batch.speaker_ids, max_frames=30, seeds=batch.seeds,
+                      stop_threshold=2.0)  # probabilities are <= 1: no stop
+  np.testing.assert_array_equal(np.asarray(full.lengths), [30, 30])
+  for mf in ([5, 12], [0, 29], [7, 40]):
+    out = infer(params, jnp.asarray(mf, jnp.int32))
+    want = _first_stop_lengths(full.stop_probs, mf, 30)
+    np.testing.assert_array_equal(np.asarray(out.lengths), want)
+    assert want == [min(m + 1, 30) for m in mf]
+    # The frames up to the stop are the ones of the run without stopping.
+    for b, n in enumerate(want):
+      np.testing.assert_allclose(np.asarray(out.mel_before[b, :n]),
+                                 np.asarray(full.mel_before[b, :n]),
+                                 atol=1e-6)
+      assert np.all(np.asarray(out.mel[b, n:]) == 0.0)
+  # A model with mixed stop probabilities: the stop bias moves every stop
+  # logit by the same amount (nothing else depends on it), so a bias of
+  # minus the median logit puts half of the frames over 0.5.
+  model0, params0 = _mixed_stop_model(setup, batch)
+  full0 = T.synthesize(model0, batch.tokens, batch.token_lengths,
+                       batch.speaker_ids, max_frames=30, seeds=batch.seeds,
+                       stop_threshold=2.0)
+  probs = np.asarray(full0.stop_probs)
+  assert 0.2 < np.mean(probs[:, :30] > 0.5) < 0.8
+  for mf in ([0, 0], [3, 9], [17, 25], [29, 29]):
+    out = infer(params0, jnp.asarray(mf, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(out.lengths),
+                                  _first_stop_lengths(probs, mf, 30))
+  # No recompilation for other min_frames values (a traced argument).
+  assert len(min_frames_runs["traces"]) == 1
+
+
+def test_min_frames_none_keeps_the_plain_stop_rule(setup, batch):
+  model, _ = _mixed_stop_model(setup, batch)
+  args = (model, batch.tokens, batch.token_lengths, batch.speaker_ids)
+  full = T.synthesize(*args, max_frames=30, seeds=batch.seeds,
+                      stop_threshold=2.0)
+  plain = T.synthesize(*args, max_frames=30, seeds=batch.seeds)
+  zero = T.synthesize(*args, max_frames=30, seeds=batch.seeds,
+                      min_frames=np.zeros(2, np.int32))
+  want = _first_stop_lengths(full.stop_probs, [0, 0], 30)
+  np.testing.assert_array_equal(np.asarray(plain.lengths), want)
+  np.testing.assert_array_equal(np.asarray(zero.lengths), want)
+  np.testing.assert_array_equal(np.asarray(plain.mel), np.asarray(zero.mel))
+  with pytest.raises(ValueError, match="min_frames"):
+    T.synthesize(*args, max_frames=30, min_frames=[3])
+
+
+def test_min_synthesis_frames_hand_computed():
+  # 0.02 s per symbol at 16 kHz / hop 200 = 1.6 frames per symbol.
+  np.testing.assert_array_equal(
+      T.min_synthesis_frames([1, 10, 11, 100], 16000, 200),
+      [2, 16, 18, 160])
+  np.testing.assert_array_equal(
+      T.min_synthesis_frames([10, 100], 16000, 200, max_frames=50), [16, 49])
+  # Exact where float arithmetic is not: 0.02 * 35 * 16000 / 200 = 56, which
+  # math.ceil of the float product makes 57.
+  assert math.ceil(0.02 * 35 * 16000 / 200) == 57
+  np.testing.assert_array_equal(T.min_synthesis_frames([35], 16000, 200), [56])
+  # 8 kHz, hop 80: one frame per 0.01 s, so 2 frames per symbol.
+  np.testing.assert_array_equal(T.min_synthesis_frames(np.arange(1, 60), 8000,
+                                                       80), 2 * np.arange(1, 60))
+  assert T.min_synthesis_frames([5], 8000, 80).dtype == np.int32
+  with pytest.raises(ValueError, match="hop_length"):
+    T.min_synthesis_frames([5], 8000, 0)
+
+
 # ---------------------------------------------------------------------------
 # bf16.
 

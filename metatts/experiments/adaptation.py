@@ -6,8 +6,10 @@ way: for each held-out speaker the *same* support clips (the first ``K`` of
 a fixed, seeded draw of ``max(shots)`` clips), the *same* inner optimizer and
 learning rate, the *same* parameter filter and the same numbers of steps
 (``0, 5, 20, 100`` by default). The adapted model then synthesizes the same
-held-out evaluation sentences, whose real recordings are written beside them
-as references, into the samples layout of :mod:`metatts.evaluation.layout`::
+held-out evaluation sentences (until the stop token, but not before the
+library API's minimum length, ``metatts.models.tacotron
+.min_synthesis_frames``, so a judged clip is what a user would hear), whose
+real recordings are written beside them as references, into the samples layout of :mod:`metatts.evaluation.layout`::
 
   WORKDIR/samples/manifest.json
   WORKDIR/samples/reference/<speaker>/<utt_id>.wav + .txt
@@ -51,6 +53,7 @@ from metatts import functional
 from metatts import meta
 from metatts.audio import features as afeat
 from metatts.audio import io as aio
+from metatts.models import tacotron
 from metatts.types import TTSBatch
 
 CHUNK = 5  # inner steps per compiled adaptation call
@@ -205,10 +208,10 @@ class Adapter:
 
     self._chunk = jax.jit(chunk, static_argnums=(3,))
 
-    def infer(params, tokens, token_lengths, speaker_ids):
+    def infer(params, tokens, token_lengths, speaker_ids, min_frames=None):
       model = functional.merge(graphdef, params, rest)
       return model.infer(tokens, token_lengths, speaker_ids,
-                         max_frames=synth_frames)
+                         max_frames=synth_frames, min_frames=min_frames)
 
     self._infer = jax.jit(infer)
 
@@ -247,12 +250,28 @@ class Adapter:
         out[s] = current
     return out, losses
 
+  def min_frames(self, token_lengths) -> np.ndarray:
+    """int32 [B]: frames before which a predicted stop is ignored.
+
+    The rule of the library API (``metatts.models.tacotron
+    .min_synthesis_frames``), so an evaluated clip is as long as the one a
+    user would get, and a model that predicts "stop" at once still speaks.
+    """
+    return tacotron.min_synthesis_frames(
+        token_lengths, self.mel_config.sample_rate,
+        self.mel_config.hop_length, self.synth_frames)
+
   def synthesize(self, params, examples: Sequence[Any], speaker_id: int):
-    """Waveforms (16-bit-safe float32), alignments and mel lengths."""
+    """Waveforms (16-bit-safe float32), alignments and mel lengths.
+
+    Inference stops at the stop token, but not before ``min_frames`` (the
+    API's rule) and not past ``synth_frames``.
+    """
     batch = pad_batch(examples, self.max_tokens, self.max_frames, speaker_id)
     out = self._infer(params, jnp.asarray(batch.tokens),
                       jnp.asarray(batch.token_lengths),
-                      jnp.asarray(batch.speaker_ids))
+                      jnp.asarray(batch.speaker_ids),
+                      jnp.asarray(self.min_frames(batch.token_lengths)))
     mel = np.asarray(out.mel)
     lengths = np.maximum(np.asarray(out.lengths), 2)
     floor = float(np.log(self.mel_config.log_floor))

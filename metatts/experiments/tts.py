@@ -537,12 +537,13 @@ class ZeroShotAdapter(adaptation.Adapter):
 
     self._chunk = jax.jit(chunk, static_argnums=(3,))
 
-    def infer(params, tokens, token_lengths, speaker_ids):
+    def infer(params, tokens, token_lengths, speaker_ids, min_frames=None):
       model = functional.merge(graphdef, params["acoustic"], rest)
       v = jnp.broadcast_to(params["speaker_vector"],
                            (tokens.shape[0],) + params["speaker_vector"].shape)
       return model.infer(tokens, token_lengths, speaker_ids,
-                         max_frames=synth_frames, speaker_vectors=v)
+                         max_frames=synth_frames, speaker_vectors=v,
+                         min_frames=min_frames)
 
     self._infer = jax.jit(infer)
 

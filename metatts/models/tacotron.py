@@ -57,6 +57,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import functools
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -71,6 +72,12 @@ from metatts.types import TTSBatch
 Array = jax.Array
 
 DEFAULT_DROPOUT_SEED = 0
+# The synthesis-length rule shared by the library API and the evaluation
+# (cf. ESPnet's Tacotron 2 ``minlenratio``): a stop predicted before
+# SYNTH_MIN_SEC_PER_SYMBOL seconds per input symbol (50 symbols/s, faster
+# than any speech) is ignored, so an undertrained model that predicts "stop"
+# at once still speaks and can be judged. See ``min_synthesis_frames``.
+SYNTH_MIN_SEC_PER_SYMBOL = 0.02
 # Sub-stream ids folded into each utterance key.
 _PRENET_STREAM = 1
 _ENCODER_STREAM = 2
@@ -335,6 +342,47 @@ def validate_batch(config: TacotronConfig, batch: TTSBatch,
         f"Mel of {int(lens.max())} frames exceeds the maximum max_frames="
         f"{config.max_frames}; trim the clip or raise "
         "TacotronConfig.max_frames.")
+
+
+def min_synthesis_frames(token_lengths, sample_rate: int, hop_length: int,
+                         max_frames: Optional[int] = None) -> np.ndarray:
+  """Frames before which a predicted stop is ignored (host side).
+
+  ``ceil(SYNTH_MIN_SEC_PER_SYMBOL * n * sample_rate / hop_length)``
+  (computed exactly) for an input of ``n`` symbols, capped at
+  ``max_frames - 1`` so that a stop can still fire inside the frame budget.
+  Pass the result to ``infer`` / ``synthesize`` as ``min_frames``; the
+  utterance then has at least ``min_frames + 1`` frames.
+
+  Args:
+    token_lengths: int [B] (or a scalar) symbols per utterance, EOS included.
+    sample_rate: audio sample rate of the mel features (Hz).
+    hop_length: mel frame hop (samples).
+    max_frames: the frame budget of the synthesis, or None (no cap).
+
+  Returns:
+    int32 array of the shape of ``token_lengths``.
+
+  Raises:
+    ValueError: non-positive ``sample_rate``, ``hop_length`` or
+      ``max_frames``.
+  """
+  if int(sample_rate) <= 0 or int(hop_length) <= 0:
+    raise ValueError(
+        f"min_synthesis_frames needs sample_rate > 0 and hop_length > 0; "
+        f"got {sample_rate}, {hop_length}. Pass the mel features' settings.")
+  # Exact rational arithmetic: a float product such as 0.02 * 35 * 16000 /
+  # 200 = 56.000000000000007 would round up to one frame too many.
+  rate = fractions.Fraction(SYNTH_MIN_SEC_PER_SYMBOL).limit_denominator(10**6)
+  num = rate.numerator * int(sample_rate)
+  den = rate.denominator * int(hop_length)
+  n = np.maximum(np.asarray(token_lengths, np.int64), 0)
+  frames = -(-n * num // den)  # ceil(n * num / den)
+  if max_frames is not None:
+    if int(max_frames) < 1:
+      raise ValueError(f"max_frames={max_frames} must be >= 1.")
+    frames = np.minimum(frames, int(max_frames) - 1)
+  return np.asarray(frames, np.int32)
 
 
 # --------------------------------------------------------------------------
@@ -789,14 +837,16 @@ class Tacotron(nnx.Module):
             max_frames: Optional[int] = None,
             seeds: Optional[Array] = None,
             speaker_vectors: Optional[Array] = None,
-            stop_threshold: float = 0.5) -> InferenceOutputs:
+            stop_threshold: float = 0.5,
+            min_frames: Optional[Array] = None) -> InferenceOutputs:
     """Autoregressive synthesis (jittable; see ``synthesize`` for checks).
 
     Runs a ``jax.lax.while_loop`` over decoder steps until every utterance
-    has a frame with stop probability > ``stop_threshold`` or
-    ``ceil(max_frames / r)`` steps were made. An utterance's length is the
-    index of its first stopping frame + 1; its frames and alignment after
-    that are zero.
+    has a stopping frame or ``ceil(max_frames / r)`` steps were made. Frame
+    ``f`` of utterance ``b`` stops it when its stop probability is
+    > ``stop_threshold`` and ``f >= min_frames[b]``. An utterance's length
+    is the index of its first stopping frame + 1; its frames and alignment
+    after that are zero.
 
     Args:
       tokens: int [B, L].
@@ -806,6 +856,9 @@ class Tacotron(nnx.Module):
       seeds: optional uint32 [B] prenet dropout seeds.
       speaker_vectors: optional [B, external_speaker_dim].
       stop_threshold: stop probability threshold.
+      min_frames: optional int [B] (traced, not static): stops at frame
+        indices below it are ignored (see ``min_synthesis_frames``); None
+        = 0, every stop counts. ``stop_probs`` are unaffected.
 
     Returns:
       ``InferenceOutputs``.
@@ -823,6 +876,9 @@ class Tacotron(nnx.Module):
     processed = self.attention.process_memory(
         memory.astype(self.dtype or jnp.float32))
     pre_keys = _fold(keys, _PRENET_STREAM)
+    if min_frames is None:
+      min_frames = jnp.zeros((b,), jnp.int32)
+    min_frames = jnp.broadcast_to(jnp.asarray(min_frames, jnp.int32), (b,))
 
     frames0 = jnp.zeros((b, smax, r * m), jnp.float32)
     stops0 = jnp.zeros((b, smax, r), jnp.float32)
@@ -841,7 +897,9 @@ class Tacotron(nnx.Module):
           self.attention, state, prev, _fold(pre_keys, i), memory, processed,
           mem_mask)
       probs = jax.nn.sigmoid(st)  # [B, r]
-      hit = probs > stop_threshold
+      frame_index = i * r + jnp.arange(r)  # [r]
+      hit = (probs > stop_threshold) & (
+          frame_index[None, :] >= min_frames[:, None])  # [B, r]
       any_hit = jnp.any(hit, axis=-1)
       first = jnp.argmax(hit, axis=-1)
       new_stop = any_hit & ~done
@@ -870,16 +928,17 @@ class Tacotron(nnx.Module):
 
 @functools.partial(nnx.jit, static_argnames=("max_frames", "stop_threshold"))
 def _infer_jit(model, tokens, token_lengths, speaker_ids, seeds,
-               speaker_vectors, max_frames, stop_threshold):
+               speaker_vectors, max_frames, stop_threshold, min_frames=None):
   return model.infer(tokens, token_lengths, speaker_ids, max_frames=max_frames,
                      seeds=seeds, speaker_vectors=speaker_vectors,
-                     stop_threshold=stop_threshold)
+                     stop_threshold=stop_threshold, min_frames=min_frames)
 
 
 def synthesize(model: Tacotron, tokens, token_lengths, speaker_ids=None, *,
                max_frames: Optional[int] = None, seeds=None,
                speaker_vectors=None,
-               stop_threshold: float = 0.5) -> InferenceOutputs:
+               stop_threshold: float = 0.5,
+               min_frames=None) -> InferenceOutputs:
   """Public inference entry: host-side checks, then jitted ``infer``.
 
   Args:
@@ -892,12 +951,16 @@ def synthesize(model: Tacotron, tokens, token_lengths, speaker_ids=None, *,
     seeds: optional uint32 [B] prenet dropout seeds.
     speaker_vectors: optional [B, external_speaker_dim].
     stop_threshold: stop probability threshold.
+    min_frames: optional int [B]: ignore stops before these frame indices
+      (e.g. ``min_synthesis_frames(token_lengths, sr, hop, max_frames)``);
+      a different value does not recompile.
 
   Returns:
     ``InferenceOutputs``; trim ``mel[b, :lengths[b]]``.
 
   Raises:
-    ValueError: bad symbols, empty or too long text, bad ``max_frames``.
+    ValueError: bad symbols, empty or too long text, bad ``max_frames`` or
+      ``min_frames``.
   """
   c = model.config
   tokens = jnp.asarray(tokens, jnp.int32)
@@ -909,8 +972,18 @@ def synthesize(model: Tacotron, tokens, token_lengths, speaker_ids=None, *,
     raise ValueError(
         f"max_frames={max_frames} must lie in [1, config.max_frames="
         f"{c.max_frames}].")
+  if min_frames is not None:
+    mf = np.asarray(min_frames)
+    if mf.shape != tokens.shape[:1] or mf.dtype.kind not in "iu" or np.any(
+        mf < 0):
+      raise ValueError(
+          f"min_frames must be non-negative integers of shape [B]="
+          f"{tokens.shape[0]}; got {mf.tolist()} (dtype {mf.dtype}). Use "
+          "min_synthesis_frames(token_lengths, sample_rate, hop_length).")
+    min_frames = jnp.asarray(mf, jnp.int32)
   if speaker_ids is None:
     speaker_ids = jnp.zeros(tokens.shape[:1], jnp.int32)
   return _infer_jit(model, tokens, token_lengths,
                     jnp.asarray(speaker_ids, jnp.int32), seeds,
-                    speaker_vectors, int(max_frames), float(stop_threshold))
+                    speaker_vectors, int(max_frames), float(stop_threshold),
+                    min_frames)
