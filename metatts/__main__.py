@@ -3,6 +3,10 @@
     python -m metatts adapt --model WORKDIR --clips CLIPS_DIR --out VOICE_DIR
     python -m metatts say --voice VOICE_DIR "Any English sentence." -o out.wav
 
+``--model`` may be any method's export, the ``zeroshot`` one included (its
+voice starts from the speaker encoder's vector of the clips; ``--steps 0``
+is zero-shot cloning).
+
 ``CLIPS_DIR`` holds 1-10 audio files (``.wav``, ``.flac``, ``.ogg``) each with
 a transcript of the same name ending in ``.txt`` (``a.wav`` + ``a.txt``).
 Errors (a missing transcript, a silent or unreadable clip, empty text) are
@@ -75,6 +79,12 @@ def _adapt(args: argparse.Namespace) -> int:
         f"{len(paths)} clips for {steps} steps (filter {tts.filter_name}, "
         f"{tts.optimizer_name} lr {tts.lr}); the first run compiles...",
         flush=True)
+  if tts.zeroshot:
+    print("Zeroshot model: the voice starts from the speaker encoder's mean "
+          "vector of the clips" + (" (--steps 0: zero-shot cloning, no "
+                                   "training)." if steps == 0 else
+                                   f", then {steps} steps adapt it."),
+          flush=True)
   voice = tts.adapt(paths, texts, steps=steps, seed=args.seed,
                     names=[os.path.basename(p) for p in paths])
   losses = voice.losses
@@ -129,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="folder of NAME.wav clips with NAME.txt transcripts")
   p.add_argument("--out", required=True, help="voice folder to write")
   p.add_argument("--steps", type=_positive_int, default=None,
-                 help="adaptation steps (default: the model's)")
+                 help="adaptation steps (default: the model's; 0 with a "
+                 "zeroshot model: zero-shot cloning)")
   p.add_argument("--seed", type=int, default=None,
                  help="prenet-dropout seed while adapting (default: the "
                  "model's fixed masks, as in the evaluation)")

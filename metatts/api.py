@@ -36,6 +36,15 @@ What happens underneath, and why:
   export of its own, plus ``voice.json`` (base model, speaker slot, steps,
   clips, losses) and a copy of the vocoder, so ``load_voice`` needs nothing
   else.
+* A ``zeroshot`` export (a Tacotron conditioned on a speaker encoder's vector
+  instead of a speaker table; ``model.json`` holds ``speaker_encoder_config``
+  and the encoder is in ``speaker_encoder/``, see
+  ``metatts.experiments.tts.export_zeroshot``) is used through the same calls:
+  ``adapt`` encodes the clips' log-mels with the encoder (the mean vector over
+  the clips) and runs the same inner loop on ``{"acoustic", "speaker_vector"}``
+  exactly as the evaluation's ``ZeroShotAdapter`` (``steps=0`` is zero-shot
+  cloning); the voice synthesizes with its vector and saves it in
+  ``voice.json``. ``TTS.voice()`` has no speaker to offer such a model.
 
 References:
   Finn et al. (2017), Model-agnostic meta-learning for fast adaptation of deep
@@ -124,6 +133,13 @@ def _export_module():
   """``metatts.training.export`` (imported late: it pulls in training code)."""
   from metatts.training import export  # pylint: disable=g-import-not-at-top
   return export
+
+
+def _zeroshot_module():
+  """``metatts.experiments.tts``: the zero-shot voice protocol (imported late,
+  only for zeroshot models)."""
+  from metatts.experiments import tts  # pylint: disable=g-import-not-at-top
+  return tts
 
 
 def resolve_model_dir(path: PathLike) -> str:
@@ -312,21 +328,28 @@ def _load_vocoder(vocoder: Union[None, str, PathLike], model_dir: str,
 # ----------------------------------------------------------------------------
 # Compiled functions, shared by every model with the same graph and protocol.
 
-# (graphdef, filter, optimizer, lr, per_step_lrs) -> times traced.
+# (graphdef, filter, optimizer, lr, per_step_lrs, zeroshot) -> times traced.
 ADAPT_TRACES: "collections.Counter" = collections.Counter()
 
 
 @functools.lru_cache(maxsize=16)
 def _adapt_function(graphdef, filter_name: str, optimizer_name: str,
-                    lr: float, per_step_lrs: bool):
-  """Jitted ``(params, lrs, rest, batch, num_steps) -> (params, losses)``."""
-  key = (graphdef, filter_name, optimizer_name, lr, per_step_lrs)
+                    lr: float, per_step_lrs: bool, zeroshot: bool = False):
+  """Jitted ``(params, lrs, rest, batch, num_steps) -> (params, losses)``.
+
+  With ``zeroshot`` the params are ``{"acoustic", "speaker_vector"}`` and the
+  loss is the evaluation's (``tts.zeroshot_voice_loss_fn``).
+  """
+  key = (graphdef, filter_name, optimizer_name, lr, per_step_lrs, zeroshot)
   predicate = functional.filter_for(filter_name)
   inner_optimizer = OPTIMIZERS[optimizer_name](lr)
 
   def adapt_fn(params, lrs, rest, batch, *, num_steps):
     ADAPT_TRACES[key] += 1  # a Python side effect: runs only while tracing
-    loss_fn = functional.make_loss_fn(graphdef, rest)
+    if zeroshot:
+      loss_fn = _zeroshot_module().zeroshot_voice_loss_fn(graphdef, rest)
+    else:
+      loss_fn = functional.make_loss_fn(graphdef, rest)
     return meta.adapt(params, batch, loss_fn,
                       inner_optimizer=inner_optimizer, num_steps=num_steps,
                       filter=predicate, lrs=lrs, per_step_lrs=per_step_lrs)
@@ -335,17 +358,37 @@ def _adapt_function(graphdef, filter_name: str, optimizer_name: str,
 
 
 @functools.lru_cache(maxsize=16)
-def _infer_function(graphdef):
-  """Jitted Tacotron inference over a params pytree (``max_frames`` static)."""
+def _infer_function(graphdef, zeroshot: bool = False):
+  """Jitted Tacotron inference over a params pytree (``max_frames`` static).
+
+  With ``zeroshot`` the params are ``{"acoustic", "speaker_vector"}`` and the
+  vector conditions every utterance.
+  """
 
   def infer_fn(params, rest, tokens, token_lengths, speaker_ids, seeds,
                min_frames, *, max_frames, stop_threshold):
-    model = functional.merge(graphdef, params, rest)
+    if zeroshot:
+      model, vectors = _zeroshot_module().zeroshot_voice_model(
+          graphdef, rest, params, tokens.shape[0])
+    else:
+      model, vectors = functional.merge(graphdef, params, rest), None
     return model.infer(tokens, token_lengths, speaker_ids,
                        max_frames=max_frames, seeds=seeds,
+                       speaker_vectors=vectors,
                        stop_threshold=stop_threshold, min_frames=min_frames)
 
   return jax.jit(infer_fn, static_argnames=("max_frames", "stop_threshold"))
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_function(encoder_graphdef):
+  """Jitted ``(encoder_params, encoder_rest, mels, lengths) -> [D]``."""
+
+  def encode_fn(encoder_params, encoder_rest, mels, mel_lengths):
+    return _zeroshot_module().encode_speaker(
+        encoder_graphdef, encoder_rest, encoder_params, mels, mel_lengths)
+
+  return jax.jit(encode_fn)
 
 
 @functools.lru_cache(maxsize=8)
@@ -458,8 +501,13 @@ class TTS:
   """
 
   def __init__(self, model: Any, params: Any, info: Dict[str, Any],
-               extra: Any, model_dir: str, vocoder: Any = None):
-    """Wraps loaded export parts (use :func:`load` instead)."""
+               extra: Any, model_dir: str, vocoder: Any = None,
+               encoder: Any = None):
+    """Wraps loaded export parts (use :func:`load` instead).
+
+    ``encoder``: the ``SpeakerEncoder`` of a zeroshot export (None for a
+    saved zeroshot voice, which carries its vector instead).
+    """
     self.model_dir = model_dir
     self.info = info
     self.graphdef, params_split, self.rest = functional.split(model)
@@ -496,6 +544,24 @@ class TTS:
           f"{self.symbols.name} set ({self.symbols.num_symbols}); re-export "
           "with the symbol set used in training.")
     self.predicate = functional.filter_for(self.filter_name, self.params)
+    # A model conditioned on an external speaker vector (the zeroshot
+    # method): voices are {"acoustic", "speaker_vector"} parameter pytrees.
+    self.zeroshot = bool(self.config.external_speaker_dim > 0 and
+                         self.config.speaker_dim > 0)
+    self.encoder = encoder
+    if encoder is not None:
+      ec = encoder.config
+      if not self.zeroshot or ec.embed_dim != self.config.external_speaker_dim \
+          or ec.n_mels != self.mel_config.n_mels:
+        raise ValueError(
+            f"{model_dir}: the speaker encoder (embed_dim={ec.embed_dim}, "
+            f"n_mels={ec.n_mels}) does not fit the Tacotron "
+            f"(external_speaker_dim={self.config.external_speaker_dim}, "
+            f"n_mels={self.mel_config.n_mels}); re-export with "
+            "metatts.experiments.tts.export_zeroshot.")
+      (self.encoder_graphdef, self.encoder_params,
+       self.encoder_rest) = functional.split(encoder)
+      self._encode_jit = _encode_function(self.encoder_graphdef)
     self._per_step_lrs = self._check_lrs()
     self.vocoder = vocoder if vocoder is not None else GriffinLimVocoder(
         self.mel_config)
@@ -506,7 +572,7 @@ class TTS:
     self.hash = params_hash(self.params)
     self.base_model_dir = model_dir  # a loaded voice points at its origin
     self._adapt_jit = _adapt_function(*self._adapt_key)
-    self._infer_jit = _infer_function(self.graphdef)
+    self._infer_jit = _infer_function(self.graphdef, self.zeroshot)
 
   # ---- protocol -----------------------------------------------------------
 
@@ -544,7 +610,7 @@ class TTS:
     # (Meta-SGD, Li et al. 2017): the optimizer's own rate is then 1.
     lr = 1.0 if self.lrs is not None else self.lr
     return (self.graphdef, self.filter_name, self.optimizer_name, lr,
-            self._per_step_lrs)
+            self._per_step_lrs, self.zeroshot)
 
   @property
   def adapt_traces(self) -> int:
@@ -670,9 +736,14 @@ class TTS:
     Runs ``metatts.meta.adapt`` (the meta-learners' inner loop) with the
     exported protocol: filter ``self.filter_name``, optimizer
     ``self.optimizer_name`` at ``self.lr`` (or the learned inner rates), on
-    the speaker-table row ``self.speaker_slot``. With learned inner rates
-    (Meta-SGD, Li et al. 2017) the step is ``theta - alpha * g`` with the
-    learned ``alpha`` replacing the optimizer's rate, as in meta-training.
+    the speaker-table row ``self.speaker_slot``. For a zeroshot model
+    (``self.zeroshot``) the voice starts from the speaker encoder's mean
+    vector of the clips (:meth:`speaker_vector`) and the same loop adapts
+    ``{"acoustic", "speaker_vector"}`` exactly like the evaluation's
+    ``ZeroShotAdapter``; ``steps=0`` is zero-shot cloning. With learned
+    inner rates (Meta-SGD, Li et al. 2017) the step is
+    ``theta - alpha * g`` with the learned ``alpha`` replacing the
+    optimizer's rate, as in meta-training.
 
     Args:
       wavs: 1-10 clips: audio file paths (any libsndfile format, resampled to
@@ -706,7 +777,11 @@ class TTS:
                        f"{MAX_STEPS}] (typical: 5-100).")
     clips = self.prepare_clips(wavs, texts, sample_rate, names)
     batch = self.make_batch(clips, seed)
-    params, losses = self._adapt_jit(self.params, self.lrs, self.rest, batch,
+    start = self.params
+    if self.zeroshot:
+      start = {"acoustic": self.params,
+               "speaker_vector": self.speaker_vector(batch)}
+    params, losses = self._adapt_jit(start, self.lrs, self.rest, batch,
                                      num_steps=int(steps))
     losses = np.asarray(losses, np.float32)
     if not np.all(np.isfinite(losses)):
@@ -720,7 +795,35 @@ class TTS:
         "optimizer": self.optimizer_name, "lr": self.lr,
         "learned_lrs": self.lrs is not None,
     }
+    if self.zeroshot:
+      info["zeroshot"] = True
     return Voice(self, params, self.speaker_slot, info)
+
+  def speaker_vector(self, batch: TTSBatch) -> jax.Array:
+    """A zeroshot model's start vector: the encoder's mean over the clips.
+
+    Args:
+      batch: support clips from :meth:`make_batch` (``mels`` [K, T, M]).
+
+    Returns:
+      float32 [D] (``metatts.experiments.tts.encode_speaker``, the vector
+      ``ZeroShotAdapter.start`` computes for the evaluation).
+
+    Raises:
+      ValueError: not a zeroshot model, or its speaker encoder was not loaded
+        (a saved voice carries its vector but not the encoder).
+    """
+    if not self.zeroshot:
+      raise ValueError(
+          f"{self.model_dir} is not a zeroshot model (it has a speaker "
+          "table); adapt it with tts.adapt(wavs, texts).")
+    if self.encoder is None:
+      raise ValueError(
+          f"{self.model_dir} is a zeroshot model without its speaker encoder "
+          "(a saved voice keeps only its vector); load the trained export "
+          "with metatts.load('WORKDIR/zeroshot') to adapt to new clips.")
+    return self._encode_jit(self.encoder_params, self.encoder_rest,
+                            batch.mels, batch.mel_lengths)
 
   def voice(self, speaker: Union[int, str, None] = None) -> "Voice":
     """A voice without adaptation: a training speaker, or the new-voice slot.
@@ -731,7 +834,17 @@ class TTS:
 
     Returns:
       A :class:`Voice` with the base parameters.
+
+    Raises:
+      ValueError: an unknown speaker, or a zeroshot model (it has no speaker
+        table: its voices come from clips).
     """
+    if self.zeroshot:
+      raise ValueError(
+          f"{self.model_dir} is a zeroshot model: it has no speaker table, so "
+          "a voice needs clips of the speaker. Use tts.adapt(wavs, texts, "
+          "steps=0) for zero-shot cloning (the speaker encoder's vector of "
+          "the clips, no training) or steps > 0 to fine-tune.")
     if speaker is None:
       slot = self.speaker_slot
     elif isinstance(speaker, str):
@@ -857,6 +970,13 @@ class Voice:
   def sample_rate(self) -> int:
     return self.tts.feature_config.sample_rate
 
+  @property
+  def speaker_vector(self) -> Optional[np.ndarray]:
+    """float32 [D]: the conditioning vector of a zeroshot voice, else None."""
+    if not self.tts.zeroshot:
+      return None
+    return np.asarray(self.params["speaker_vector"], np.float32)
+
   def synthesize(self, text: str, seed: int = 0,
                  return_mel: bool = False):
     """Speaks ``text`` in this voice.
@@ -884,6 +1004,9 @@ class Voice:
 
     Layout: ``model.json`` + ``params/`` (an export, Orbax), ``voice.json``
     and ``vocoder/model`` (a copy of the vocoder export, when one is used).
+    A zeroshot voice's vector is stored in ``voice.json``
+    (``speaker_vector``, exact float32 values); the speaker encoder is not
+    needed to speak and is not copied.
 
     Args:
       directory: a new or empty directory (an existing voice is replaced).
@@ -906,11 +1029,15 @@ class Voice:
           "loaded from; choose another directory.")
     standard = ("format", "version", "method", "model", "model_config",
                 "feature_config", "symbols", "speakers", "adapt",
-                "learned_lrs", "has_extra", "directory")
+                "learned_lrs", "has_extra", "directory",
+                "speaker_encoder_config")  # a voice has no encoder folder
+    params, vector = self.params, self.speaker_vector
+    if vector is not None:
+      params = self.params["acoustic"]
     _export_module().export_model(
         directory, method=info.get("method", "unknown"),
         model_name=info.get("model", "tacotron"),
-        model_config=info["model_config"], params=self.params,
+        model_config=info["model_config"], params=params,
         feature_config=info["feature_config"],
         symbols=info.get("symbols", tts.symbols.name),
         speakers=info.get("speakers", []), adapt=info.get("adapt", {}),
@@ -927,6 +1054,9 @@ class Voice:
         "speaker_slot": self.speaker_slot, "vocoder": voc.name,
         "sample_rate": self.sample_rate, **self.info,
     }
+    if vector is not None:
+      # float32 -> JSON float -> float32 is exact: the voice speaks the same.
+      record["speaker_vector"] = [float(x) for x in vector]
     with open(os.path.join(directory, VOICE_FILE), "w",
               encoding="utf-8") as f:
       json.dump(record, f, indent=1)
@@ -935,6 +1065,10 @@ class Voice:
 
 def load(path: PathLike, vocoder: Union[None, str, PathLike] = None) -> TTS:
   """Loads a trained model for few-shot adaptation.
+
+  A ``zeroshot`` export (``model.json`` with ``speaker_encoder_config``) is
+  loaded with its speaker encoder (``metatts.experiments.tts
+  .load_zeroshot``); ``tts.zeroshot`` is then True.
 
   Args:
     path: a training ``WORKDIR`` (its primary method), ``WORKDIR/<method>``
@@ -950,14 +1084,20 @@ def load(path: PathLike, vocoder: Union[None, str, PathLike] = None) -> TTS:
     ValueError: a corrupt or inconsistent export.
   """
   model_dir = resolve_model_dir(path)
-  model, params, info, extra = _export_module().load_exported(model_dir)
-  if info.get("model", "tacotron") != "tacotron":
+  head = _export_module().read_model_json(model_dir)
+  if head.get("model", "tacotron") != "tacotron":
     raise ValueError(
-        f"{model_dir} holds a {info.get('model')!r} model; metatts.load needs "
+        f"{model_dir} holds a {head.get('model')!r} model; metatts.load needs "
         "an acoustic (tacotron) export such as WORKDIR/<method>/model.")
+  encoder = None
+  if "speaker_encoder_config" in head:
+    model, encoder, params, info = _zeroshot_module().load_zeroshot(model_dir)
+    params, extra = params["acoustic"], None
+  else:
+    model, params, info, extra = _export_module().load_exported(model_dir)
   fc = dfeat.FeatureConfig.from_config(info["feature_config"])
   voc = _load_vocoder(vocoder, model_dir, fc.mel_config())
-  return TTS(model, params, info, extra, model_dir, voc)
+  return TTS(model, params, info, extra, model_dir, voc, encoder=encoder)
 
 
 def load_voice(directory: PathLike,
@@ -1003,8 +1143,18 @@ def load_voice(directory: PathLike,
   tts.base_model_dir = record.get("base_model", directory)
   fields = {k: v for k, v in record.items() if k not in (
       "format", "version", "base_model", "base_model_hash", "base_method",
-      "speaker_slot", "vocoder", "sample_rate")}
-  return Voice(tts, tts.params, int(record["speaker_slot"]), fields)
+      "speaker_slot", "vocoder", "sample_rate", "speaker_vector")}
+  params = tts.params
+  if tts.zeroshot:
+    vector = record.get("speaker_vector")
+    dim = tts.config.external_speaker_dim
+    if not isinstance(vector, list) or len(vector) != dim:
+      raise ValueError(
+          f"{path} is a zeroshot voice but its speaker_vector is missing or "
+          f"not {dim} numbers; adapt and save the voice again.")
+    params = {"acoustic": tts.params,
+              "speaker_vector": jnp.asarray(np.asarray(vector, np.float32))}
+  return Voice(tts, params, int(record["speaker_slot"]), fields)
 
 
 __all__ = ["Clip", "GriffinLimVocoder", "TTS", "Voice", "WaveNetVocoder",

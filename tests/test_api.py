@@ -50,8 +50,11 @@ def tone(f0, seconds, seed=0, level=0.3):
   return x.astype(np.float32)
 
 
-def random_params(seed=0):
+def random_params(seed=0, **overrides):
   """A tiny Tacotron's config and random params, without running its init.
+
+  ``overrides`` change fields of ``MODEL`` (e.g. a zeroshot Tacotron's
+  ``use_speaker_table=False, external_speaker_dim=D``).
 
   The eager NNX initialisation compiles one kernel per op and shape (15 s of
   CPU here); the API does not care how the values were drawn, so they come
@@ -59,7 +62,8 @@ def random_params(seed=0):
   scales 1, biases 0.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  model = nnx.eval_shape(lambda: build_model("tacotron", MODEL, 0))
+  model = nnx.eval_shape(lambda: build_model("tacotron",
+                                             dict(MODEL, **overrides), 0))
   _, shapes, _ = functional.split(model)
   rng = np.random.default_rng(seed)
 

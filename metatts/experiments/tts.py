@@ -499,6 +499,60 @@ class ZeroShotLoss:
     return model.loss(batch, speaker_vectors=v)
 
 
+def zeroshot_voice_model(graphdef, rest, params, batch_size: int):
+  """The Tacotron and its speaker vectors for a new voice's parameters.
+
+  Args:
+    graphdef: the zero-shot Tacotron's graph.
+    rest: its non-parameter state.
+    params: ``{"acoustic": Tacotron params, "speaker_vector": [D]}``.
+    batch_size: B.
+
+  Returns:
+    ``(model, speaker_vectors [B, D])``: the vector broadcast over the batch.
+  """
+  model = functional.merge(graphdef, params["acoustic"], rest)
+  v = params["speaker_vector"]
+  return model, jnp.broadcast_to(v, (batch_size,) + v.shape)
+
+
+def zeroshot_voice_loss_fn(graphdef, rest):
+  """``loss_fn(params, batch)`` of a new voice of the ``zeroshot`` method.
+
+  ``params = {"acoustic", "speaker_vector" [D]}``: the Tacotron loss of the
+  batch conditioned on the one vector. The inner loop of both the evaluation
+  (``ZeroShotAdapter``) and the library API (``metatts.api``) adapts it, so
+  the vector is in the filter group ``speaker``.
+  """
+
+  def loss_fn(params, batch):
+    model, v = zeroshot_voice_model(graphdef, rest, params,
+                                    batch.tokens.shape[0])
+    return model.loss(batch, speaker_vectors=v)
+
+  return loss_fn
+
+
+def encode_speaker(encoder_graphdef, encoder_rest, encoder_params, mels,
+                   mel_lengths):
+  """A new voice's vector: the speaker encoder's mean over its clips.
+
+  Args:
+    encoder_graphdef, encoder_rest: the ``SpeakerEncoder``'s graph and state.
+    encoder_params: its parameters.
+    mels: [K, T, M] support log-mels (padded).
+    mel_lengths: [K] valid frames (a zero length counts as 1).
+
+  Returns:
+    [D] float32 (``speaker_encoder.speaker_vector``, Arik et al. 2018's
+    averaging over cloning samples).
+  """
+  from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
+  enc = functional.merge(encoder_graphdef, encoder_params, encoder_rest)
+  return speaker_encoder.speaker_vector(enc, mels,
+                                        jnp.maximum(mel_lengths, 1))
+
+
 class ZeroShotAdapter(adaptation.Adapter):
   """The adaptation protocol for the ``zeroshot`` method.
 
@@ -519,15 +573,7 @@ class ZeroShotAdapter(adaptation.Adapter):
     super().__init__(graphdef, rest, protocol, mel_config, max_tokens,
                      max_frames, synth_frames, reduction_factor,
                      griffin_lim_iters)
-    from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
-
-    def loss_fn(params, batch):
-      model = functional.merge(graphdef, params["acoustic"], rest)
-      v = jnp.broadcast_to(params["speaker_vector"],
-                           (batch.tokens.shape[0],) +
-                           params["speaker_vector"].shape)  # [B, D]
-      return model.loss(batch, speaker_vectors=v)
-
+    loss_fn = zeroshot_voice_loss_fn(graphdef, rest)
     self.loss_fn = loss_fn
 
     def chunk(params, support, lrs, num_steps):
@@ -538,9 +584,7 @@ class ZeroShotAdapter(adaptation.Adapter):
     self._chunk = jax.jit(chunk, static_argnums=(3,))
 
     def infer(params, tokens, token_lengths, speaker_ids, min_frames=None):
-      model = functional.merge(graphdef, params["acoustic"], rest)
-      v = jnp.broadcast_to(params["speaker_vector"],
-                           (tokens.shape[0],) + params["speaker_vector"].shape)
+      model, v = zeroshot_voice_model(graphdef, rest, params, tokens.shape[0])
       return model.infer(tokens, token_lengths, speaker_ids,
                          max_frames=synth_frames, speaker_vectors=v,
                          min_frames=min_frames)
@@ -548,15 +592,15 @@ class ZeroShotAdapter(adaptation.Adapter):
     self._infer = jax.jit(infer)
 
     def encode(encoder_params, mels, lengths):
-      enc = functional.merge(encoder_graphdef, encoder_params, encoder_rest)
-      return speaker_encoder.speaker_vector(enc, mels, lengths)  # [D]
+      return encode_speaker(encoder_graphdef, encoder_rest, encoder_params,
+                            mels, lengths)  # [D]
 
     self._encode = jax.jit(encode)
 
   def start(self, params, support):
     """The 0-step parameters for a support batch: the encoded vector."""
     v = self._encode(params["speaker_encoder"], support.mels,
-                     jnp.maximum(support.mel_lengths, 1))
+                     support.mel_lengths)
     return {"acoustic": params["acoustic"], "speaker_vector": v}
 
   def curve(self, params, support, lrs=None):
@@ -575,14 +619,48 @@ def export_zeroshot(directory: str, config, data: Data, params, slot: int,
   holds ``speaker_encoder_config`` and the encoder's parameters are in
   ``directory/speaker_encoder`` (load both with ``load_zeroshot``).
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   tcfg, ecfg = zeroshot_configs(config, data)
-  path = export.export_model(
-      directory, method="zeroshot", model_name="tacotron", model_config=tcfg,
-      params=params["acoustic"], feature_config=data.feature_config,
+  return export_zeroshot_model(
+      directory, model_config=tcfg, encoder_config=ecfg, params=params,
+      feature_config=data.feature_config,
       symbols=data.feature_config.symbols, speakers=data.speakers,
-      adapt=_adapt_info(config, slot),
-      info=dict(info, speaker_encoder_config=export.config_to_dict(ecfg)))
+      adapt=_adapt_info(config, slot), info=info)
+
+
+def export_zeroshot_model(directory: str, *, model_config, encoder_config,
+                          params, feature_config, symbols: str, speakers,
+                          adapt: Mapping[str, Any],
+                          info: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes a zero-shot export from its parts (see ``export_zeroshot``).
+
+  Args:
+    directory: destination (``WORKDIR/zeroshot/model``).
+    model_config: the Tacotron's config (``external_speaker_dim`` equal to
+      the encoder's ``embed_dim``).
+    encoder_config: the ``SpeakerEncoderConfig``.
+    params: ``{"acoustic": ..., "speaker_encoder": ...}``.
+    feature_config, symbols, speakers, adapt, info: as in
+      ``metatts.training.export.export_model``.
+
+  Returns:
+    The absolute export path.
+
+  Raises:
+    ValueError: the Tacotron takes no external vector of the encoder's size.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ext = getattr(model_config, "external_speaker_dim", None)
+  if ext != encoder_config.embed_dim:
+    raise ValueError(
+        f"The zero-shot Tacotron has external_speaker_dim={ext} but the "
+        f"speaker encoder's embed_dim={encoder_config.embed_dim}; build both "
+        "with zeroshot_configs.")
+  path = export.export_model(
+      directory, method="zeroshot", model_name="tacotron",
+      model_config=model_config, params=params["acoustic"],
+      feature_config=feature_config, symbols=symbols, speakers=speakers,
+      adapt=adapt, info=dict(info or {}, speaker_encoder_config=(
+          export.config_to_dict(encoder_config))))
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(path, "speaker_encoder"),
              jax.tree.map(np.asarray, params["speaker_encoder"]))
@@ -1094,7 +1172,10 @@ def _headline(metrics: dict) -> dict:
 
 
 __all__ = ["BASELINES", "Data", "default_config", "METHODS", "MultiTaskLoss", "build_params",
-           "build_zeroshot", "clip_passes", "export_zeroshot", "load_zeroshot",
-           "ZeroShotAdapter", "ZeroShotLoss", "zeroshot_configs", "make_learner", "prepare_data", "run",
+           "build_zeroshot", "clip_passes", "encode_speaker",
+           "export_zeroshot", "export_zeroshot_model", "load_zeroshot",
+           "ZeroShotAdapter", "ZeroShotLoss", "zeroshot_configs",
+           "zeroshot_voice_loss_fn", "zeroshot_voice_model", "make_learner",
+           "prepare_data", "run",
            "set_slot_to_mean", "task_factory", "tacotron_config",
            "train_method", "train_vocoder", "vocoder_tasks"]
