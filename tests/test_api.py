@@ -175,6 +175,35 @@ def test_adapt_losses_match_model_loss_and_decrease(tts, clips, voice,
   assert voice.info["steps"] == steps and voice.speaker_slot == 3
 
 
+def test_api_adapt_is_the_evaluation_protocol_with_adam(tts, clips, voice):
+  """``TTS.adapt`` and the evaluation's ``Adapter.curve`` run the same steps.
+
+  With Adam (this export's protocol) 6 steps must be one uninterrupted run:
+  restarting the optimizer after ``CHUNK`` = 5 steps (what the evaluation
+  once did) gives other parameters, which the last assertion shows.
+  """
+  from metatts.experiments import adaptation  # pylint: disable=g-import-not-at-top
+  batch = tts.make_batch(tts.prepare_clips(clips, TEXTS, SR), seed=0)
+  protocol = adaptation.Protocol("speaker+decoder", "adam", 3e-3, (0, 6),
+                                 (5,), 1, 0, 3)
+  adapter = adaptation.Adapter(tts.graphdef, tts.rest, protocol,
+                               FEATURES.mel_config(), 64, 200, 64,
+                               tts.config.reduction_factor, 2)
+  out, losses = adapter.curve(tts.params, batch)
+  for a, b in zip(jax.tree_util.tree_leaves(out[6]),
+                  jax.tree_util.tree_leaves(voice.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-7)
+  np.testing.assert_allclose(losses[6], voice.losses[-1], rtol=1e-5)
+  assert adaptation.CHUNK < 6
+  restarted, _ = adapter._chunk(tts.params, batch, None, adaptation.CHUNK)  # pylint: disable=protected-access
+  restarted, _ = adapter._chunk(restarted, batch, None, 6 - adaptation.CHUNK)  # pylint: disable=protected-access
+  gap = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(jax.tree_util.tree_leaves(restarted),
+                            jax.tree_util.tree_leaves(voice.params)))
+  assert gap > 1e-4
+
+
 def test_bucket_padding_leaves_the_loss_unchanged(tts, clips, loss_jit):
   prepared = tts.prepare_clips(clips, TEXTS, SR)
   padded = tts.make_batch(prepared, seed=0)

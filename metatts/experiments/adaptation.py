@@ -26,7 +26,8 @@ differentiate through) in chunks of ``CHUNK`` steps: with the stateless SGD
 inner optimizer, chained chunks equal one uninterrupted run, so the snapshots
 at 5, 20 and 100 steps cost 100 steps in total and one compilation per
 support-set size. With a stateful optimizer (Adam) every step count is run
-from the start instead.
+from the start in one call, so its moments never restart mid-run (the same
+run as ``metatts.api``'s ``adapt``).
 
 References:
   Finn et al. (2017), Model-agnostic meta-learning, ICML, arXiv:1703.03400.
@@ -240,12 +241,13 @@ class Adapter:
           done += n
         out[s] = current
     else:
+      # A stateful optimizer (Adam) must not restart its moments mid-run:
+      # each step count is one uninterrupted call from the start (one
+      # compilation per step count), exactly what ``metatts.api`` runs.
       for s in steps:
         current = params
-        for start in range(0, s, CHUNK):
-          n = min(CHUNK, s - start)
-          current, ls = self._chunk(current, support, lrs, n)
         if s:
+          current, ls = self._chunk(params, support, lrs, s)
           losses[s] = float(ls[-1])
         out[s] = current
     return out, losses
