@@ -17,7 +17,10 @@ split with 1 and 5 clips for 0/5/20/100 steps and writes the report with
 SECS, EER and MCD. Rerunning resumes from the checkpoints.
 
 The argument selects the acoustic-model size: ``base`` (default) or
-``tiny`` (the quickstart model, all methods; ~1 hour).
+``tiny`` (the quickstart model, all methods; ~1 hour)::
+
+  .venv/bin/python experiments/main.py \
+      --config experiments/configs/base.py:tiny --workdir runs/base-tiny
 """
 
 from metatts.experiments.tts import default_config

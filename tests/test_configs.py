@@ -1,0 +1,415 @@
+"""Tests of the experiment configs in ``experiments/configs``.
+
+``base.py`` and ``full.py`` describe runs of hours to days that no CPU test
+can afford, so they are checked in two ways:
+
+* every file and argument loads and its values are valid *without
+  training*: the methods, filters, adaptation protocol, ``init_from``, the
+  learners, the vocoder and the Tacotron size (built with ``nnx.eval_shape``,
+  no compile), plus the command in each docstring;
+* the same configs run end to end with only their *sizes* swapped for the
+  ``quickstart.py:smoke`` ones: ``full.py:vctk`` / ``full.py:libritts`` on
+  small corpora written here in the real VCTK 0.92 / LibriTTS layouts (their
+  held-out speaker ids, 48 / 24 kHz audio), and ``base.py:tiny`` with every
+  one of its methods (``init_from="transfer"``) and the vocoder on the
+  synthetic smoke corpus.
+"""
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import time
+import types
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from metatts import functional
+from metatts.data import features as dfeat
+from metatts.experiments import adaptation
+from metatts.experiments import tts
+from metatts.models import tacotron
+from metatts.models import wavenet
+
+from tts_smoke import REPO
+from tts_smoke import smoke_config
+
+CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
+
+# (file, argument or None for the default, is a tts config).
+TTS_CONFIGS = [("quickstart", None), ("quickstart", "quickstart"),
+               ("quickstart", "smoke"), ("base", None), ("base", "base"),
+               ("base", "tiny"), ("full", None), ("full", "vctk"),
+               ("full", "libritts")]
+SINUSOID_ARGS = [None, "maml", "fomaml,smoke", "reptile,quick",
+                 "metasgd,paper", "imaml,smoke", "pretrain,smoke"]
+BAD_ARGS = {"quickstart": ("quickstart", "smoke"), "base": ("base", "tiny"),
+            "full": ("libritts", "vctk"),
+            "sinusoid": ("maml", "smoke", "quick", "paper")}
+
+
+def load_module(name):
+  """Imports ``experiments/configs/<name>.py`` under a private name."""
+  spec = importlib.util.spec_from_file_location(
+      f"_metatts_config_{name}", os.path.join(CONFIG_DIR, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(name, arg):
+  module = load_module(name)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+def _id(case):
+  return f"{case[0]}:{case[1] or 'default'}"
+
+
+# ----------------------------------------------------------------------------
+# Values, without training.
+
+
+def tacotron_of(config, num_train_speakers=100):
+  """The TacotronConfig ``tts.run`` builds for ``config`` (no corpus)."""
+  fc = dfeat.FeatureConfig.from_config(config.data.features)
+  data = types.SimpleNamespace(
+      feature_config=fc, speakers=[f"s{i}" for i in range(num_train_speakers)])
+  return tts.tacotron_config(config, data)
+
+
+def count_params(mcfg):
+  """Parameters of a Tacotron, from abstract shapes only (no compile)."""
+  abstract = nnx.eval_shape(lambda: tacotron.Tacotron(mcfg,
+                                                      rngs=nnx.Rngs(0)))
+  leaves = jax.tree_util.tree_leaves(nnx.state(abstract, nnx.Param))
+  return sum(int(np.prod(x.shape)) for x in leaves)
+
+
+@pytest.fixture(scope="module")
+def param_counts():
+  return {}
+
+
+@pytest.mark.parametrize("case", TTS_CONFIGS, ids=_id)
+def test_tts_config_values_are_valid(case, param_counts):
+  c = get_config(*case)
+  assert c.experiment == "tts"
+  defaults = tts.default_config()
+  # No key that default_config does not have (the launcher locks the config,
+  # so an unknown key would only fail at the command line).
+  def keys(d, prefix=""):
+    out = set()
+    for k, v in d.items():
+      if hasattr(v, "items") and k not in ("model", "features",
+                                           "synth_overrides", "inner_steps"):
+        out |= keys(v, prefix + k + ".")
+      else:
+        out.add(prefix + k)
+    return out
+  assert keys(c) <= keys(defaults), sorted(keys(c) - keys(defaults))
+  assert c.data.corpus in tts.CORPORA
+  assert c.methods and all(m in tts.METHODS for m in c.methods), c.methods
+  assert len(set(c.methods)) == len(c.methods)
+  functional.filter_for(c.train.filter)
+  functional.filter_for(c.adapt.filter)
+  protocol = adaptation.protocol_from_config(c.adapt, 100)
+  assert protocol.shots and protocol.steps
+  assert int(c.adapt.default_steps) >= 0
+  # init_from is empty or a method trained earlier in the same run.
+  assert c.train.init_from in ("",) + tuple(c.methods)
+  ordered = tts._ordered_methods(c)  # pylint: disable=protected-access
+  assert sorted(ordered) == sorted(c.methods)
+  if c.train.init_from:
+    assert ordered[0] == c.train.init_from
+  for m in c.methods:  # builds each learner (no compile)
+    learner = tts.make_learner(m, c.train, c.train.filter)
+    assert callable(learner.init) and callable(learner.step)
+    assert tts.clip_passes(m, c.train, int(c.train.num_steps)) > 0
+  # The meta-batch: N tasks of K support + Q query clips.
+  for k in ("num_steps", "num_tasks", "num_support", "num_query",
+            "checkpoint_every", "log_every"):
+    assert int(c.train[k]) >= 1, k
+  assert int(c.train.checkpoint_every) <= int(c.train.num_steps)
+  # Features and the Tacotron size.
+  fc = dfeat.FeatureConfig.from_config(c.data.features)
+  mcfg = tacotron_of(c)
+  assert int(c.data.max_frames) <= mcfg.max_frames
+  assert int(c.data.max_tokens) <= mcfg.max_tokens
+  assert int(c.data.max_frames) <= fc.max_frames
+  assert 16 % mcfg.reduction_factor == 0  # buckets are multiples of 16
+  assert mcfg.num_mels == fc.n_mels
+  param_counts[_id(case)] = count_params(mcfg)
+  # The vocoder, built as train_vocoder builds it.
+  v = c.vocoder
+  vcfg = wavenet.wavenet_config(v.size, n_mels=fc.n_mels,
+                                sample_rate=fc.sample_rate,
+                                hop_length=fc.hop_length,
+                                upsample_factors=tuple(v.upsample_factors))
+  assert int(np.prod(vcfg.upsample_factors)) == fc.hop_length
+  assert v.method in tts.METHODS
+  if v.enabled:
+    for k in ("num_steps", "num_tasks", "num_support", "num_query",
+              "window_frames", "clips_per_speaker", "eval_speakers"):
+      assert int(v[k]) >= 1, k
+    assert int(v.clips_per_speaker) >= 1
+  # Held-out speakers named by the config are all adapted.
+  named = tuple(c.data.heldout_unseen) + tuple(c.data.heldout_seen)
+  assert len(set(named)) == len(named)
+  if named:
+    assert int(c.adapt.max_speakers) >= len(c.data.heldout_unseen)
+  if c.eval.enabled:
+    assert set(c.eval.metrics) <= {"secs", "eer", "mcd", "wer"}
+
+
+@pytest.mark.parametrize("name,arg", [("quickstart", "quickstart"),
+                                      ("quickstart", "smoke"),
+                                      ("base", "base"), ("base", "tiny"),
+                                      ("full", "vctk"), ("full", "libritts")])
+def test_docstring_names_the_exact_command(name, arg):
+  doc = load_module(name).__doc__
+  flat = " ".join(re.sub(r"\\\s*\n", " ", doc).split())
+  command = f"experiments/main.py --config experiments/configs/{name}.py"
+  assert command in flat, (name, command)
+  default = load_module(name).get_config.__defaults__[0]
+  if arg != default:  # the argument is spelt as the --config path takes it
+    assert f"{name}.py:{arg}" in flat, (name, arg)
+
+
+def test_model_sizes_are_ordered(param_counts):
+  if len(param_counts) < len(TTS_CONFIGS):
+    for case in TTS_CONFIGS:  # run alone: fill the counts
+      param_counts[_id(case)] = count_params(tacotron_of(get_config(*case)))
+  p = param_counts
+  assert p["quickstart:smoke"] < p["quickstart:quickstart"]
+  # (quickstart's r=4 output layer makes it larger than the r=2 base:tiny.)
+  assert p["quickstart:smoke"] < p["base:tiny"]
+  assert p["base:tiny"] * 20 < p["base:base"] < p["full:vctk"]
+  assert p["full:vctk"] == p["full:libritts"] > 10_000_000
+  assert p["base:default"] == p["base:base"]
+  assert p["full:default"] == p["full:vctk"]
+  # The Tacotron 2 widths of Shen et al. (2018) for the full size.
+  full = tacotron_of(get_config("full", "vctk"))
+  assert (full.encoder_dim, full.decoder_rnn_dim, full.attention_rnn_dim,
+          full.postnet_dim, full.reduction_factor) == (512, 1024, 1024, 512,
+                                                       1)
+  assert tacotron_of(get_config("base", "tiny")) == tacotron_of(
+      get_config("base", "tiny"), 100)
+
+
+@pytest.mark.parametrize("arg", SINUSOID_ARGS)
+def test_sinusoid_config_args(arg):
+  from metatts import meta  # pylint: disable=g-import-not-at-top
+  c = get_config("sinusoid", arg)
+  assert c.experiment == "sinusoid"
+  assert c.method in load_module("sinusoid").METHODS
+  assert c.method == "pretrain" or hasattr(meta, c.method)
+  assert int(c.num_steps) >= 1 and int(c.num_inner_steps) >= 1
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ARGS))
+def test_unknown_argument_names_the_choices(name):
+  with pytest.raises(ValueError) as e:
+    load_module(name).get_config("nonsense-size")
+  msg = str(e.value)
+  assert "nonsense-size" in msg
+  for choice in BAD_ARGS[name]:
+    assert choice in msg, (name, choice, msg)
+
+
+# ----------------------------------------------------------------------------
+# End to end at smoke sizes.
+
+SENTENCES = ("Please call Stella.", "Ask her to bring these things.",
+             "Six spoons of fresh snow peas.", "We also need a small snake.",
+             "She can scoop these things.", "The rainbow is a division.")
+CLIPS_PER_SPEAKER = 4  # >= K + Q = 2 + 2 and max(shots) + num_eval = 3
+
+
+def speechlike(sr, seed, seconds=0.7):
+  """A voiced, syllable-modulated harmonic tone (a speaker-specific f0)."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(int(sr * seconds)) / sr
+  f0 = rng.uniform(90.0, 240.0) * (1 + 0.05 * np.sin(2 * np.pi * 5.0 * t))
+  phase = 2 * np.pi * np.cumsum(f0) / sr
+  x = sum(np.sin(k * phase) / k for k in range(1, 8))
+  syllables = 0.55 + 0.45 * np.sin(2 * np.pi * rng.uniform(3, 5) * t) ** 2
+  x = x * syllables * np.hanning(t.shape[0])
+  x += 0.003 * rng.standard_normal(t.shape[0])
+  return (0.25 * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def _write(path, text):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def write_vctk(root, speakers):
+  """VCTK 0.92: wav48_silence_trimmed/pXXX/pXXX_NNN_mic{1,2}.flac + txt/."""
+  for s, spk in enumerate(speakers):
+    for i in range(CLIPS_PER_SPEAKER):
+      utt = f"{spk}_{i + 1:03d}"
+      for mic in ("mic1", "mic2"):
+        path = os.path.join(root, "wav48_silence_trimmed", spk,
+                            f"{utt}_{mic}.flac")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        sf.write(path, speechlike(48000, 100 * s + i), 48000)
+      _write(os.path.join(root, "txt", spk, utt + ".txt"),
+             SENTENCES[(s + i) % len(SENTENCES)] + "\n")
+  # As in VCTK 0.92, p315 has audio but no transcripts.
+  path = os.path.join(root, "wav48_silence_trimmed", "p315",
+                      "p315_001_mic1.flac")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  sf.write(path, speechlike(48000, 999), 48000)
+
+
+def write_libritts(root, speakers_by_split):
+  """LibriTTS: <split>/<speaker>/<chapter>/<utt>.wav + .normalized.txt."""
+  s = 0
+  for split, speakers in speakers_by_split.items():
+    for spk in speakers:
+      chapter = str(1000 + 7 * s)
+      d = os.path.join(root, split, spk, chapter)
+      os.makedirs(d, exist_ok=True)
+      for i in range(CLIPS_PER_SPEAKER):
+        utt = f"{spk}_{chapter}_000001_{i:06d}"
+        sf.write(os.path.join(d, utt + ".wav"), speechlike(24000, 100 * s + i),
+                 24000)
+        text = SENTENCES[(s + i) % len(SENTENCES)]
+        _write(os.path.join(d, utt + ".normalized.txt"), text)
+        _write(os.path.join(d, utt + ".original.txt"), text.upper())
+      s += 1
+
+
+def shrink_to_smoke(c, tmp, vocoder=True):
+  """Keeps the config's choices, swaps its sizes for the smoke ones."""
+  smoke = smoke_config(tmp)
+  c.data.features = copy.deepcopy(smoke.data.features)
+  for k in ("max_tokens", "max_frames", "num_buckets", "cache_dir"):
+    c.data[k] = smoke.data[k]
+  c.model = copy.deepcopy(smoke.model)
+  for k in ("num_steps", "num_tasks", "num_support", "num_query",
+            "log_every", "checkpoint_every"):
+    c.train[k] = smoke.train[k]
+  for k in ("steps", "shots", "num_eval", "max_speakers",
+            "griffin_lim_iters", "synth_frames_factor"):
+    c.adapt[k] = smoke.adapt[k]
+  c.eval.enabled = False
+  c.vocoder = copy.deepcopy(smoke.vocoder)
+  c.vocoder.enabled = vocoder
+  c.progress = False
+  return smoke
+
+
+def check_run(c, workdir, result, methods, heldout_unseen, heldout_seen=()):
+  """The run trained, exported and adapted what the config names."""
+  assert result["methods"][0] == c.train.init_from
+  assert sorted(result["methods"]) == sorted(methods)
+  run = json.load(open(os.path.join(workdir, "run.json")))
+  for m in methods:
+    assert run["training"][m]["final"], m
+    assert np.isfinite(run["training"][m]["final"]["loss"]), m
+    assert run["training"][m]["num_skipped"] == 0, m
+    model_json = os.path.join(workdir, m, "model", "model.json")
+    info = json.load(open(model_json))
+    assert info["method"] == m
+    assert info["speakers"] == run["speakers"]
+    assert not set(info["speakers"]) & (set(heldout_unseen) |
+                                        set(heldout_seen))
+  protocol = json.load(open(os.path.join(workdir, "samples",
+                                         "protocol.json")))
+  assert sorted(protocol) == sorted(list(methods) + ["scratch"])
+  manifest = json.load(open(os.path.join(workdir, "samples",
+                                         "manifest.json")))
+  want = {s: "heldout_unseen" for s in heldout_unseen}
+  want.update({s: "heldout_seen" for s in heldout_seen})
+  assert manifest["speakers"] == want
+  for m, rec in protocol.items():
+    assert sorted(rec["speakers"]) == sorted(want), m
+    for spk in want:
+      folder = os.path.join(workdir, "samples", m, "shots_1", "steps_0", spk)
+      assert any(f.endswith(".wav") for f in os.listdir(folder)), folder
+  import metatts  # pylint: disable=g-import-not-at-top
+  primary = metatts.load(workdir)
+  assert primary.info["method"] == run["primary"]
+  return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corpus", ["vctk", "libritts"])
+def test_full_config_runs_on_real_layout(tmp_path, corpus):
+  tick = time.perf_counter()
+  c = get_config("full", corpus)
+  assert c.train.init_from == "transfer"
+  heldout = tuple(c.data.heldout_unseen)
+  assert len(heldout) == 8 and not c.data.heldout_seen
+  root = str(tmp_path / corpus)
+  if corpus == "vctk":
+    train = ("p233", "p234", "p236")
+    write_vctk(root, train + heldout)
+    methods = ("transfer", "meta-fomaml")
+  else:
+    train = ("19", "26", "40")
+    # The held-out ids are LibriTTS test-clean speakers.
+    write_libritts(root, {"train-clean-100": train, "test-clean": heldout})
+    methods = ("transfer", "meta-reptile")
+  shrink_to_smoke(c, str(tmp_path), vocoder=corpus == "vctk")
+  c.data.root = root
+  c.methods = methods
+  c.adapt.max_speakers = len(heldout)
+  c.adapt.shots = (1,)
+  workdir = str(tmp_path / "run")
+  result = tts.run(c, workdir)
+  run = check_run(c, workdir, result, methods, heldout)
+  assert run["speakers"] == sorted(train)
+  assert run["speaker_slot"] == len(train)
+  # Real rates: 48 kHz VCTK / 24 kHz LibriTTS resampled to the features'.
+  sr = json.load(open(os.path.join(workdir, "transfer", "model",
+                                   "model.json")))["feature_config"][
+                                       "sample_rate"]
+  assert sr == dfeat.FeatureConfig().sample_rate
+  if corpus == "vctk":
+    nll = run["vocoder"]["heldout_nll"]
+    assert sorted(nll) == ["heldout_unseen"]
+    assert np.isfinite(nll["heldout_unseen"]["1"]["2"])
+  print(f"full.py:{corpus} smoke-size run: "
+        f"{time.perf_counter() - tick:.1f} s")
+
+
+@pytest.mark.slow
+def test_base_tiny_runs_every_method(tmp_path):
+  tick = time.perf_counter()
+  c = get_config("base", "tiny")
+  methods = tuple(c.methods)
+  assert len(methods) == 7 and c.train.init_from == "transfer"
+  assert c.vocoder.enabled
+  smoke = shrink_to_smoke(c, str(tmp_path))
+  for k in ("corpus", "root", "synth_preset", "synth_overrides",
+            "synth_seed"):
+    c.data[k] = copy.deepcopy(smoke.data[k])
+  c.train.num_steps = 2
+  c.vocoder.num_steps = 2
+  c.adapt.shots = (1,)
+  workdir = str(tmp_path / "run")
+  result = tts.run(c, workdir)
+  manifest = json.load(open(os.path.join(workdir, "samples",
+                                         "manifest.json")))
+  unseen = sorted(s for s, v in manifest["speakers"].items()
+                  if v == "heldout_unseen")
+  seen = sorted(s for s, v in manifest["speakers"].items()
+                if v == "heldout_seen")
+  run = check_run(c, workdir, result, methods, unseen, seen)
+  assert unseen and seen
+  for m in methods:
+    assert run["training"][m]["resumed_from"] in (None, 0)
+    assert os.path.isdir(os.path.join(workdir, m, "checkpoints", "2")), m
+  assert os.path.isfile(os.path.join(workdir, "vocoder", "model",
+                                     "model.json"))
+  print(f"base.py:tiny smoke-size run, 7 methods: "
+        f"{time.perf_counter() - tick:.1f} s")
