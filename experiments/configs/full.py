@@ -7,8 +7,9 @@ here); expected 1-3 days on one A100/H100 for all methods. Commands::
   python experiments/main.py --config experiments/configs/full.py:vctk \
       --workdir runs/full-vctk --config.data.root=/data/VCTK-Corpus-0.92
 
-  # LibriTTS (train-clean-100 etc.; <speaker>/<chapter>/*.wav +
-  # .normalized.txt):
+  # LibriTTS (<split>/<speaker>/<chapter>/*.wav + .normalized.txt; every
+  # split under the root is loaded; the held-out ids are test-clean
+  # speakers, so the root must hold test-clean beside train-clean-100 etc.):
   python experiments/main.py --config experiments/configs/full.py:libritts \
       --workdir runs/full-libritts --config.data.root=/data/LibriTTS
 
