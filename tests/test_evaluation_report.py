@@ -244,3 +244,23 @@ def test_unknown_metric(tmp_path):
   with pytest.raises(ValueError, match="unknown metric 'mos'"):
     pipeline.parse_metrics("secs,mos")
   assert pipeline.parse_metrics("secs, f0_rmse,secs") == ("secs", "f0")
+
+
+def test_plot_mels_shows_an_unreadable_clip_blank_instead_of_failing(
+    tmp_path):
+  """A 2-frame synthesized clip (too short to judge) must not stop the report:
+  its panel is blank and its label says why."""
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  from metatts.evaluation import report  # pylint: disable=g-import-not-at-top
+  sr = 16000
+  t = np.arange(sr) / sr
+  good, short = str(tmp_path / "good.wav"), str(tmp_path / "short.wav")
+  sf.write(good, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr)
+  sf.write(short, (0.3 * np.sin(2 * np.pi * 220 * t[:200])).astype(
+      np.float32), sr)
+  with pytest.raises(ValueError, match="at least 100 ms"):
+    report._mel_db(short)  # pylint: disable=protected-access
+  png = report.plot_mels([("good", good), ("short", short)],
+                         str(tmp_path / "m.png"))
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -87,7 +87,14 @@ def plot_mels(panels: Sequence[Tuple[str, str]], path: str,
   """PNG of log-mel spectrograms, one row per ``(label, wav_path)``."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  mels = [(label, _mel_db(p)) for label, p in panels]
+  mels = []
+  for label, p in panels:
+    try:
+      mels.append((label, _mel_db(p)))
+    except ValueError as e:  # e.g. a 2-frame clip: shown blank, with why
+      reason = str(e).split(": ", 1)[-1][:80]
+      mels.append((f"{label} (not shown: {reason})",
+                   np.full((80, 1), -80.0, np.float32)))
   width = max(m.shape[1] for _, m in mels)
   height = 1.6 * len(mels) + 0.7
   fig = Figure(figsize=(8.0, height), dpi=80)
