@@ -1047,8 +1047,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if config.get("expected_minutes"):
+    where = ("one GPU" if config.name.startswith("full")
+             else "a 2-core CPU")
     _say(f"metatts tts experiment '{config.name}': expected about "
-         f"{config.expected_minutes} min on a 2-core CPU. Output: {workdir}")
+         f"{config.expected_minutes} min on {where}. Output: {workdir}")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
   timings: Dict[str, float] = {}
