@@ -45,6 +45,7 @@ def get_config(arg: str = "vctk"):
   c = default_config()
   c.name = f"full-{corpus}"
   c.expected_minutes = 24 * 60
+  c.hardware = "one A100/H100 GPU"
   c.data.corpus = corpus
   c.data.root = CORPORA[corpus]["root"]
   c.data.heldout_unseen = CORPORA[corpus]["heldout_unseen"]

@@ -134,6 +134,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.progress = True
   c.expected_minutes = 0
+  c.hardware = "a 2-core CPU"  # what expected_minutes refers to
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "synth"  # synth | vctk | libritts | generic
@@ -1047,10 +1048,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if config.get("expected_minutes"):
-    where = ("one GPU" if config.name.startswith("full")
-             else "a 2-core CPU")
     _say(f"metatts tts experiment '{config.name}': expected about "
-         f"{config.expected_minutes} min on {where}. Output: {workdir}")
+         f"{config.expected_minutes} min on {config.hardware}. Output: "
+         f"{workdir}")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
   timings: Dict[str, float] = {}
