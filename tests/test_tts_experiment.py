@@ -251,6 +251,26 @@ def test_set_slot_to_mean_and_clip_passes():
   assert (lc.max_skipped, lc.num_steps, lc.seed) == (3, 7, c.seed)
 
 
+def test_equal_budget_steps():
+  """Each method gets the clip passes of num_steps pre-training steps."""
+  t = tts.default_config().train  # N=4, K=5, Q=5; 40 clip passes per step
+  t.num_steps = 150
+  assert t.equal_budget  # the default
+  budget = 150 * 4 * (5 + 5)
+  assert tts.steps_for_budget("transfer", t) == 150
+  assert tts.steps_for_budget("meta-fomaml", t) == 150  # 1 inner step
+  t.inner_steps.fomaml = 5  # 4 x (5 x 5 + 5) = 120 passes per meta-step
+  assert tts.steps_for_budget("meta-fomaml", t) == 50
+  assert tts.clip_passes("meta-fomaml", t, 50) == budget
+  assert tts.steps_for_budget("meta-reptile", t) == 100  # 4 x 5 x 3 = 60
+  assert tts.clip_passes("meta-reptile", t, 100) == budget
+  t.num_steps = 1
+  assert tts.steps_for_budget("meta-fomaml", t) == 1  # never 0
+  t.num_steps = 150
+  t.equal_budget = False
+  assert tts.steps_for_budget("meta-fomaml", t) == 150
+
+
 def test_task_stream_depends_only_on_seed_and_step():
   train = {s: _examples(s, 6, text_prefix=s) for s in ("a", "b", "c")}
   data = tts.Data("/x", None, train, {}, ["a", "b", "c"],

@@ -50,14 +50,19 @@ The Tacotron speaker table has ``num_train_speakers + 1`` rows; the last row
 
 Compute budget
 --------------
-Every method trains ``config.train.num_steps`` steps on the same stream of
-meta-batches (``N`` speakers x ``K`` support + ``Q`` query clips). The
-pre-training step makes one forward/backward pass over all ``N (K + Q)``
-clips; (FO)MAML and Meta-SGD with one inner step make one over the ``N K``
-support clips and one over the ``N Q`` query clips, so ``transfer`` and a
-one-inner-step meta-learner get the same number of clip forward/backward
-passes (``run.json`` records them, and the wall-clock, per method). Reptile
-and iMAML with ``m`` inner steps cost ``m`` support passes (+ CG) per task.
+Every method trains on the same stream of meta-batches (``N`` speakers x
+``K`` support + ``Q`` query clips). The pre-training step makes one
+forward/backward pass over all ``N (K + Q)`` clips; (FO)MAML and Meta-SGD
+with ``m`` inner steps make ``m`` over the ``N K`` support clips and one
+over the ``N Q`` query clips; Reptile ``m`` over the support clips (and
+iMAML also its CG products, not counted). ``config.train.num_steps`` is
+the number of *pre-training* steps; with ``config.train.equal_budget``
+(default) every other method trains for the number of steps that costs the
+same number of clip forward/backward passes (``steps_for_budget``), so a
+5-inner-step FOMAML makes a third as many meta-steps as ``transfer`` makes
+steps. ``run.json`` records each method's steps, clip passes and
+wall-clock. With ``equal_budget=False`` every method makes ``num_steps``
+steps whatever they cost.
 
 References:
   Finn et al. (2017), Model-agnostic meta-learning, ICML, arXiv:1703.03400.
@@ -157,7 +162,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.methods = ("transfer", "meta-fomaml")
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 200
+  c.train.num_steps = 200  # pre-training steps; see equal_budget
+  # Every method gets the clip forward/backward passes of num_steps
+  # pre-training steps (steps_for_budget); False: num_steps steps each.
+  c.train.equal_budget = True
   c.train.num_tasks = 4  # N speakers per meta-batch
   c.train.num_support = 5  # K
   c.train.num_query = 5  # Q
@@ -757,6 +765,20 @@ def clip_passes(method: str, t, num_steps: int) -> int:
   return num_steps * n * (k * m + q)
 
 
+def steps_for_budget(method: str, t) -> int:
+  """Training steps of ``method`` under ``config.train`` (``t``).
+
+  With ``t.equal_budget`` the steps whose clip passes equal ``t.num_steps``
+  pre-training steps (at least 1); otherwise ``t.num_steps``.
+  """
+  steps = int(t.num_steps)
+  if not t.get("equal_budget", False):
+    return steps
+  budget = clip_passes("transfer", t, steps)
+  per_step = clip_passes(method, t, 1)
+  return max(1, int(round(budget / per_step)))
+
+
 def _loop_config(config, num_steps: int) -> ml_collections.ConfigDict:
   t = config.train
   return ml_collections.ConfigDict(dict(
@@ -821,13 +843,14 @@ def train_method(method: str, config, data: Data, graphdef, rest, params0,
     zeroshot = {"graphdef": graphdef, "rest": rest,
                 "encoder_graphdef": egraphdef, "encoder_rest": erest}
   factory = task_factory(data, config, slot if is_meta else None)
-  _say(f"[{method}] training {t.num_steps} steps ({METHODS[method]}, "
+  num_steps = steps_for_budget(method, t)
+  _say(f"[{method}] training {num_steps} steps ({METHODS[method]}, "
        f"N={t.num_tasks} K={t.num_support} Q={t.num_query}, filter "
        f"{filter_name}) in {mdir}")
   start = time.perf_counter()
   cpu0 = time.process_time()
   result = loop.train(learner, loss_fn, start_params, factory,
-                      _loop_config(config, int(t.num_steps)), mdir,
+                      _loop_config(config, num_steps), mdir,
                       progress=bool(config.progress))
   seconds = time.perf_counter() - start
   params = result.meta_state.params
@@ -852,7 +875,8 @@ def train_method(method: str, config, data: Data, graphdef, rest, params0,
   return {"params": params, "extra": extra, "seconds": seconds,
           "zeroshot": zeroshot,
           "cpu_seconds": time.process_time() - cpu0,
-          "clip_passes": clip_passes(method, t, int(t.num_steps)),
+          "clip_passes": clip_passes(method, t, num_steps),
+          "steps": num_steps,
           "export": exp, "resumed_from": result.resumed_from,
           "num_skipped": int(result.meta_state.num_skipped),
           "final": {k: v for k, v in result.metrics.items()
@@ -1136,7 +1160,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "speaker_slot": slot, "timings": timings,
       "budget": {"unit": "clip forward/backward passes",
                  **{m: r["clip_passes"] for m, r in trained.items()}},
-      "training": {m: {k: r[k] for k in ("seconds", "cpu_seconds",
+      "training": {m: {k: r[k] for k in ("steps", "seconds", "cpu_seconds",
                                          "num_skipped", "resumed_from",
                                          "final", "export")}
                    for m, r in trained.items()},
