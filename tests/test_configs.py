@@ -470,7 +470,11 @@ def test_full_config_runs_on_real_layout(tmp_path, compile_cache, corpus):
   assert run["speakers"] == sorted(TRAIN_SPEAKERS[corpus])
   assert run["speaker_slot"] == len(TRAIN_SPEAKERS[corpus])
   for m in E2E_METHODS[corpus]:
-    assert os.path.isdir(os.path.join(workdir, m, "checkpoints", "2")), m
+    # Equal budget: multi-inner-step learners make fewer (>= 1) steps.
+    steps = tts.steps_for_budget(m, c.train)
+    assert run["training"][m]["steps"] == steps, m
+    assert os.path.isdir(os.path.join(workdir, m, "checkpoints",
+                                      str(steps))), m
   # 48 kHz VCTK / 24 kHz LibriTTS were resampled to the features' rate.
   with open(os.path.join(workdir, "transfer", "model", "model.json")) as f:
     fc = json.load(f)["feature_config"]
@@ -503,7 +507,11 @@ def test_base_tiny_runs_every_method(tmp_path, compile_cache):
   assert unseen and seen
   run = check_run(c, workdir, result, methods, unseen, seen)
   for m in methods:
-    assert os.path.isdir(os.path.join(workdir, m, "checkpoints", "2")), m
+    # Equal budget: multi-inner-step learners make fewer (>= 1) steps.
+    steps = tts.steps_for_budget(m, c.train)
+    assert run["training"][m]["steps"] == steps, m
+    assert os.path.isdir(os.path.join(workdir, m, "checkpoints",
+                                      str(steps))), m
     if m.startswith("meta-"):  # started from the transfer export
       source = os.path.join(workdir, "transfer", "model")
       assert f"[{m}] initialized from {source} (transfer)." in stdout, m
