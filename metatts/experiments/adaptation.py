@@ -9,7 +9,8 @@ learning rate, the *same* parameter filter and the same numbers of steps
 held-out evaluation sentences (until the stop token, but not before the
 library API's minimum length, ``metatts.models.tacotron
 .min_synthesis_frames``, so a judged clip is what a user would hear), whose
-real recordings are written beside them as references, into the samples layout of :mod:`metatts.evaluation.layout`::
+real recordings are written beside them as references, into the samples
+layout of :mod:`metatts.evaluation.layout`::
 
   WORKDIR/samples/manifest.json
   WORKDIR/samples/reference/<speaker>/<utt_id>.wav + .txt

@@ -772,7 +772,7 @@ def steps_for_budget(method: str, t) -> int:
   pre-training steps (at least 1); otherwise ``t.num_steps``.
   """
   steps = int(t.num_steps)
-  if not t.get("equal_budget", False):
+  if not t.get("equal_budget", True):  # default_config's default
     return steps
   budget = clip_passes("transfer", t, steps)
   per_step = clip_passes(method, t, 1)
