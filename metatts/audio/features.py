@@ -361,7 +361,8 @@ def mu_law_encode(audio: jax.Array, quantization_channels: int = 256
 
   ``f(x) = sign(x) ln(1 + mu |x|) / ln(1 + mu)`` with ``mu = channels - 1``,
   then ``q = floor((f + 1) / 2 * mu + 0.5)``. So ``-1 -> 0``, ``0 -> 128``,
-  ``1 -> 255`` for 256 channels. Inputs are clipped to [-1, 1].
+  ``1 -> 255`` for 256 channels. Inputs are clipped to [-1, 1]. This is the
+  one mu-law of the library: the WaveNet vocoder's targets use it too.
 
   Args:
     audio: float ``[...]`` waveform.
@@ -369,19 +370,29 @@ def mu_law_encode(audio: jax.Array, quantization_channels: int = 256
 
   Returns:
     int32 ``[...]`` class ids in ``[0, channels - 1]``.
+
+  References:
+    ITU-T Recommendation G.711, 1988.
+    A. van den Oord et al., "WaveNet: A Generative Model for Raw Audio",
+      2016, Sec. 2.2.
   """
   mu = quantization_channels - 1
   x = jnp.clip(jnp.asarray(audio, jnp.float32), -1.0, 1.0)
   f = jnp.sign(x) * jnp.log1p(mu * jnp.abs(x)) / np.log1p(mu)
-  return jnp.floor((f + 1.0) / 2.0 * mu + 0.5).astype(jnp.int32)
+  # f can exceed 1 by a float32 ulp; the clip keeps the id in range anyway.
+  return jnp.clip(jnp.floor((f + 1.0) / 2.0 * mu + 0.5), 0, mu).astype(
+      jnp.int32)
 
 
 def mu_law_decode(ids: jax.Array, quantization_channels: int = 256
                  ) -> jax.Array:
   """Inverse of ``mu_law_encode``: class ids -> float32 waveform in [-1, 1].
 
-  ``y = 2 q / mu - 1``, ``x = sign(y) ((1 + mu)^|y| - 1) / mu``.
+  ``y = 2 q / mu - 1``, ``x = sign(y) ((1 + mu)^|y| - 1) / mu`` (the
+  level's center), clipped to [-1, 1] because float32 rounding can overshoot
+  1 by about 1e-6.
   """
   mu = quantization_channels - 1
   y = 2.0 * jnp.asarray(ids, jnp.float32) / mu - 1.0
-  return jnp.sign(y) * jnp.expm1(jnp.abs(y) * np.log1p(mu)) / mu
+  x = jnp.sign(y) * jnp.expm1(jnp.abs(y) * np.log1p(mu)) / mu
+  return jnp.clip(x, -1.0, 1.0)

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from metatts.audio.features import mu_law_decode, mu_law_encode
 from metatts.models import layers
 from metatts.types import VocoderBatch
 
@@ -213,44 +214,9 @@ def wavenet_config(size: str = "tiny", **overrides) -> WaveNetConfig:
 
 
 # ----------------------------------------------------------------------------
-# Quantization: mu-law and the uniform bin grid of the mixture of logistics
+# Quantization: the uniform bin grid of the mixture of logistics (mu-law is
+# metatts.audio.features.mu_law_encode / mu_law_decode)
 # ----------------------------------------------------------------------------
-
-
-def mu_law_encode(audio: Array, quantization_channels: int = 256) -> Array:
-  """Mu-law companding and quantization (ITU-T G.711; van den Oord 2016).
-
-  ``f(x) = sign(x) ln(1 + mu |x|) / ln(1 + mu)`` with ``mu = Q - 1``, then
-  ``f`` in [-1, 1] is mapped to the nearest of ``Q`` uniform levels.
-
-  Args:
-    audio: float waveform in [-1, 1] (clipped), any shape.
-    quantization_channels: number of classes ``Q``.
-
-  Returns:
-    int32 classes in ``[0, Q - 1]`` with the shape of ``audio``.
-  """
-  mu = quantization_channels - 1
-  x = jnp.clip(audio.astype(jnp.float32), -1.0, 1.0)
-  f = jnp.sign(x) * jnp.log1p(mu * jnp.abs(x)) / math.log1p(mu)
-  return jnp.clip(jnp.floor((f + 1.0) / 2.0 * mu + 0.5), 0, mu).astype(
-      jnp.int32)
-
-
-def mu_law_decode(classes: Array, quantization_channels: int = 256) -> Array:
-  """Inverse of :func:`mu_law_encode` (to the level's center).
-
-  Args:
-    classes: integer classes in ``[0, Q - 1]``.
-    quantization_channels: number of classes ``Q``.
-
-  Returns:
-    float32 waveform in [-1, 1].
-  """
-  mu = quantization_channels - 1
-  f = 2.0 * classes.astype(jnp.float32) / mu - 1.0
-  x = jnp.sign(f) * jnp.expm1(jnp.abs(f) * math.log1p(mu)) / mu
-  return jnp.clip(x, -1.0, 1.0)  # float rounding can overshoot 1 by ~1e-6
 
 
 def quantize_to_bins(audio: Array, bins: int) -> Array:
