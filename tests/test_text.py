@@ -18,6 +18,12 @@ HAVE_ESPEAK = shutil.which("espeak-ng") is not None
     (1234, "one thousand two hundred thirty four"),
     (1000000, "one million"),
     (2000000017, "two billion seventeen"),
+    (10**12, "one trillion"), (10**12 + 21, "one trillion twenty one"),
+    (10**15 - 1,
+     "nine hundred ninety nine trillion nine hundred ninety nine billion "
+     "nine hundred ninety nine million nine hundred ninety nine thousand "
+     "nine hundred ninety nine"),
+    (10**15, "one " + " ".join(["zero"] * 15)),  # read digit by digit
     (-5, "minus five"),
 ])
 def test_number_to_words(n, words):
@@ -28,6 +34,7 @@ def test_number_to_words(n, words):
     (1, "first"), (2, "second"), (3, "third"), (12, "twelfth"),
     (20, "twentieth"), (21, "twenty first"), (100, "one hundredth"),
     (1005, "one thousand fifth"),
+    (10**15 + 2, "one " + "zero " * 14 + "second"),
 ])
 def test_ordinals(n, words):
   assert T.ordinal_to_words(n) == words

@@ -1,8 +1,8 @@
 """Text frontend: normalization, symbol sets, text <-> ids.
 
 Normalization (``normalize_text``) turns raw transcripts into what a reader
-says: abbreviations expanded (Mr. -> mister), numbers spelled out (own
-speller: cardinals, ordinals, decimals, years, currency, percentages),
+says: abbreviations expanded (Mr. -> mister), numbers spelled out (num2words:
+cardinals, ordinals, decimals, years, currency, percentages),
 typographic punctuation mapped to ASCII, unsupported punctuation dropped,
 whitespace collapsed, lowercased.
 
@@ -35,6 +35,7 @@ import warnings
 from typing import Dict, Iterable, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
+from num2words import num2words
 
 PAD = "_"
 EOS = "~"
@@ -97,82 +98,57 @@ def symbol_set(name: Union[str, SymbolSet]) -> SymbolSet:
 
 
 # ---------------------------------------------------------------------------
-# Number speller.
+# Number speller: num2words, with its British "and" and its hyphens and commas
+# dropped, so that "121" reads "one hundred twenty one".
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven "
-         "twelve thirteen fourteen fifteen sixteen seventeen eighteen "
-         "nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"),
-           (1000, "thousand"))
-_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third",
-                  "five": "fifth", "eight": "eighth", "nine": "ninth",
-                  "twelve": "twelfth"}
+_DIGIT_READING_FROM = 10**15  # longer integers are read digit by digit
 
 
-def _below_100(n: int) -> str:
-  if n < 20:
-    return _ONES[n]
-  tens, ones = divmod(n, 10)
-  return _TENS[tens] + ("" if ones == 0 else " " + _ONES[ones])
+def _spoken(words: str) -> str:
+  return " ".join(w for w in re.split(r"[\s,\-]+", words)
+                  if w and w != "and")
 
 
-def _below_1000(n: int) -> str:
-  hundreds, rest = divmod(n, 100)
-  parts = []
-  if hundreds:
-    parts.append(_ONES[hundreds] + " hundred")
-  if rest or not hundreds:
-    parts.append(_below_100(rest))
-  return " ".join(parts)
+def _digits_to_words(digits: str) -> str:
+  return " ".join(_spoken(num2words(int(d))) for d in digits)
 
 
 def number_to_words(n: int) -> str:
-  """Spells a non-negative or negative integer in English words.
+  """Spells an integer in English words, as the text frontend reads it.
+
+  Integers of ``10**15`` and above (account numbers, not quantities) are read
+  digit by digit. The same speller serves the WER judge (through
+  :func:`normalize_words`), so a reference and what was synthesized from it
+  spell numbers alike.
 
   >>> number_to_words(1234)
   'one thousand two hundred thirty four'
+
+  References:
+    The num2words package (Python), English converter.
   """
   n = int(n)
   if n < 0:
     return "minus " + number_to_words(-n)
-  if n >= 10**15:
-    # Too long to say as a number; read digit by digit.
-    return " ".join(_ONES[int(d)] for d in str(n))
-  parts = []
-  for scale, word in _SCALES:
-    if n >= scale:
-      q, n = divmod(n, scale)
-      parts.append(_below_1000(q) + " " + word)
-  if n or not parts:
-    parts.append(_below_1000(n))
-  return " ".join(parts)
+  if n >= _DIGIT_READING_FROM:
+    return _digits_to_words(str(n))
+  return _spoken(num2words(n))
 
 
 def ordinal_to_words(n: int) -> str:
   """``21 -> 'twenty first'``."""
-  words = number_to_words(n).split()
-  last = words[-1]
-  if last in _ORDINAL_WORDS:
-    last = _ORDINAL_WORDS[last]
-  elif last.endswith("y"):
-    last = last[:-1] + "ieth"
-  else:
-    last += "th"
-  return " ".join(words[:-1] + [last])
+  n = int(n)
+  if n >= _DIGIT_READING_FROM:  # digit by digit, the last one as an ordinal
+    digits = str(n)
+    return (_digits_to_words(digits[:-1]) + " "
+            + _spoken(num2words(int(digits[-1]), to="ordinal")))
+  return _spoken(num2words(n, to="ordinal"))
 
 
 def year_to_words(n: int) -> str:
   """Reads a year the usual way: 1987 -> nineteen eighty seven, 2005 -> two
   thousand five, 1900 -> nineteen hundred."""
-  if 2000 <= n <= 2009 or n % 1000 == 0:
-    return number_to_words(n)
-  hi, lo = divmod(n, 100)
-  if lo == 0:
-    return _below_100(hi) + " hundred"
-  if lo < 10:
-    return _below_100(hi) + " oh " + _ONES[lo]
-  return _below_100(hi) + " " + _below_100(lo)
+  return _spoken(num2words(int(n), to="year"))
 
 
 # ---------------------------------------------------------------------------
@@ -239,7 +215,7 @@ def _money(m: re.Match) -> str:
 
 def _decimal(m: re.Match) -> str:
   return (number_to_words(_int(m.group(1))) + " point "
-          + " ".join(_ONES[int(d)] for d in m.group(2)))
+          + _digits_to_words(m.group(2)))
 
 
 def _expand_numbers(text: str) -> str:
@@ -294,6 +270,28 @@ def _normalize(text: str) -> Tuple[str, list]:
   text = re.sub(r"\s+", " ", text).strip()
   text = re.sub(r"^[!,\-.:;?\s]+", "", text)  # no leading punctuation
   return text, dropped
+
+
+def normalize_words(text: str) -> str:
+  """The words of ``normalize_text(text)``, for scoring recognizer output.
+
+  Punctuation is dropped (apostrophes inside words are kept: "don't"), so
+  the word error rate judge compares the words the frontend would have said:
+  a reference and a recognizer hypothesis go through the same speller and
+  abbreviation list as the text a model was trained on.
+
+  Args:
+    text: raw transcript or recognizer output.
+
+  Returns:
+    Lowercase space-separated words (possibly empty).
+  """
+  # Quote marks go first: normalize_text would glue an opening quote to the
+  # word before it ("don't 'quote'" -> "don't'quote").
+  text = re.sub(r"[\u2018\u2019\u201a\u201b\u2032`]", "'", str(text))
+  text = re.sub(r"(?<![^\W\d_])'|'(?![^\W\d_])", " ", text)
+  words = re.sub(r"[!,\-.:;?]", " ", normalize_text(text))
+  return " ".join(words.split())
 
 
 # ---------------------------------------------------------------------------

@@ -8,71 +8,45 @@ recognizer by modern standards, so absolute WERs are high even on real speech:
 always read the synthesized WER beside the ground-truth WER of the real clips
 (the ``reference`` entry of metrics.json).
 
-Both reference text and hypothesis are normalised the same way before scoring:
-lowercase, numbers spelled out ("42" -> "forty two", "3.5" -> "three point
-five"), "&" -> "and", "%" -> "percent", other punctuation removed (apostrophes
+Both reference text and hypothesis are normalised the same way before scoring,
+by the text frontend's own normaliser (``metatts.audio.text.normalize_words``):
+lowercase, abbreviations expanded, numbers, years and money spelled out
+("42" -> "forty two", "3.5" -> "three point five", "1987" -> "nineteen eighty
+seven"), "&" -> "and", "%" -> "percent", punctuation removed (apostrophes
 inside words are kept: "don't"), whitespace collapsed.
 
 WER = (substitutions + deletions + insertions) / reference words, from the
-Levenshtein alignment of word sequences; corpus WER sums errors and reference
-words over utterances.
+Levenshtein alignment of word sequences (jiwer); corpus WER sums errors and
+reference words over utterances.
 
 References:
   Huggins-Daines et al. PocketSphinx: A free, real-time continuous speech
   recognition system for hand-held devices. ICASSP 2006.
   Levenshtein. Binary codes capable of correcting deletions, insertions and
   reversals. Soviet Physics Doklady 1966.
+  jiwer (Python package): word error rate and alignment counts.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import NamedTuple, Sequence, Tuple
 
+import jiwer
 import numpy as np
 
+from metatts.audio import text as atext
 from metatts.evaluation import _deps
 from metatts.evaluation.audio_io import (EVAL_SAMPLE_RATE, check_waveform,
                                          resample)
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve "
-         "thirteen fourteen fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand"),
-           (100, "hundred"))
-
-
-def number_to_words(n: int) -> str:
-  """Spells a non-negative integer in English words ("121" -> "one hundred
-  twenty one"); integers of 10**12 and above are read digit by digit."""
-  if n < 0:
-    return "minus " + number_to_words(-n)
-  if n >= 10 ** 12:
-    return " ".join(_ONES[int(d)] for d in str(n))
-  if n < 20:
-    return _ONES[n]
-  if n < 100:
-    return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-  for value, word in _SCALES:
-    if n >= value:
-      head = number_to_words(n // value) + " " + word
-      rest = n % value
-      return head if rest == 0 else head + " " + number_to_words(rest)
-  raise AssertionError(n)  # unreachable
-
-
-def _spell_number(match: re.Match) -> str:
-  token = match.group(0).replace(",", "")
-  if "." in token:
-    whole, frac = token.split(".", 1)
-    words = number_to_words(int(whole)) if whole else "zero"
-    return f" {words} point " + " ".join(_ONES[int(d)] for d in frac) + " "
-  return " " + number_to_words(int(token)) + " "
-
 
 def normalize_text(text: str) -> str:
   """Lowercases, spells numbers, strips punctuation, collapses spaces.
+
+  This is :func:`metatts.audio.text.normalize_words`: the text frontend's
+  normaliser (abbreviations, num2words speller, years, money) with the
+  punctuation dropped, so the judge and the model read text alike.
 
   Args:
     text: Raw transcript or recognizer output.
@@ -80,13 +54,7 @@ def normalize_text(text: str) -> str:
   Returns:
     Normalised string of space-separated words (may be empty).
   """
-  t = text.lower()
-  t = t.replace("&", " and ").replace("%", " percent ")
-  t = re.sub(r"\d[\d,]*(?:\.\d+)?", _spell_number, t)
-  t = re.sub(r"[\u2018\u2019]", "'", t)
-  t = re.sub(r"[^a-z0-9' ]+", " ", t)
-  t = re.sub(r"(^|\s)'+|'+(\s|$)", " ", t)  # quotes, not apostrophes
-  return " ".join(t.split())
+  return atext.normalize_words(text)
 
 
 class EditCounts(NamedTuple):
@@ -102,10 +70,10 @@ class EditCounts(NamedTuple):
 
 def edit_counts(reference: Sequence[str], hypothesis: Sequence[str]
                 ) -> EditCounts:
-  """Levenshtein alignment counts between two token sequences.
+  """Levenshtein alignment counts between two token sequences (jiwer).
 
-  Among minimum-cost alignments, the backtrace prefers substitutions/matches,
-  then deletions, then insertions (the total is the same for all).
+  The total is the edit distance; how it splits into substitutions,
+  deletions and insertions among equally short alignments is jiwer's choice.
 
   Args:
     reference: Reference tokens (e.g. words).
@@ -115,26 +83,15 @@ def edit_counts(reference: Sequence[str], hypothesis: Sequence[str]
     ``EditCounts(substitutions, deletions, insertions, ref_words)``.
   """
   r, h = list(reference), list(hypothesis)
-  n, m = len(r), len(h)
-  d = np.zeros((n + 1, m + 1), dtype=np.int64)
-  d[:, 0] = np.arange(n + 1)
-  d[0, :] = np.arange(m + 1)
-  for i in range(1, n + 1):
-    for j in range(1, m + 1):
-      d[i, j] = min(d[i - 1, j - 1] + (r[i - 1] != h[j - 1]), d[i - 1, j] + 1,
-                    d[i, j - 1] + 1)
-  i, j, s, de, ins = n, m, 0, 0, 0
-  while i > 0 or j > 0:
-    if i > 0 and j > 0 and d[i, j] == d[i - 1, j - 1] + (r[i - 1] != h[j - 1]):
-      s += int(r[i - 1] != h[j - 1])
-      i, j = i - 1, j - 1
-    elif i > 0 and d[i, j] == d[i - 1, j] + 1:
-      de += 1
-      i -= 1
-    else:
-      ins += 1
-      j -= 1
-  return EditCounts(s, de, ins, n)
+  if not r:
+    return EditCounts(0, 0, len(h), 0)
+  # jiwer aligns space-separated words; naming each distinct token by an id
+  # lets any tokens (characters, words with spaces) through unchanged.
+  ids: dict = {}
+  ref = " ".join(ids.setdefault(t, f"t{len(ids)}") for t in r)
+  hyp = " ".join(ids.setdefault(t, f"t{len(ids)}") for t in h)
+  out = jiwer.process_words(ref, hyp)
+  return EditCounts(out.substitutions, out.deletions, out.insertions, len(r))
 
 
 def word_error_rate(reference: str, hypothesis: str, normalize: bool = True
