@@ -105,6 +105,21 @@ def test_dtw_matches_brute_force(shape):
   assert c[path[:, 0], path[:, 1]].sum() == pytest.approx(total)
 
 
+def test_dtw_ties_prefer_diagonal_then_vertical():
+  # Backtracking from the end, a tie takes the diagonal first (zero costs:
+  # (3, 1) -> (2, 0), then down the first column) ...
+  path, total = dtw.dtw(np.zeros((4, 2)))
+  assert total == 0.0
+  np.testing.assert_array_equal(path, [[0, 0], [1, 0], [2, 0], [3, 1]])
+  # ... and a step along the first axis before one along the second: at
+  # (2, 2) the diagonal (1, 1) costs 5 and (1, 2), (2, 1) both 0 (by hand).
+  c = np.zeros((3, 3))
+  c[1, 1] = 5.0
+  path, total = dtw.dtw(c)
+  assert total == 0.0
+  np.testing.assert_array_equal(path, [[0, 0], [0, 1], [1, 2], [2, 2]])
+
+
 def test_dtw_recovers_time_stretch():
   x = np.sin(np.linspace(0, 6, 40))[:, None]
   y = np.repeat(x, 2, axis=0)  # every frame twice

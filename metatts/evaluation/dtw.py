@@ -1,18 +1,17 @@
-"""Dynamic time warping between two feature sequences (numpy, row-vectorised).
+"""Dynamic time warping between two feature sequences (librosa).
 
 The recursion is the classic symmetric one with unit step weights,
 
-  D[i, j] = c[i, j] + min(D[i-1, j], D[i, j-1], D[i-1, j-1]),
+  D[i, j] = c[i, j] + min(D[i-1, j-1], D[i-1, j], D[i, j-1]),
 
 with ``D[0, 0] = c[0, 0]``, and the path runs from (0, 0) to (N-1, M-1).
-Each row is computed at once: with ``a[j] = c[i, j] + min(D[i-1, j],
-D[i-1, j-1])`` and ``S`` the cumulative sum of ``c[i, :]``,
-``D[i, j] = S[j] + min_{k <= j} (a[k] - S[k])`` (a horizontal run starting at
-column ``k``), which is a cumulative minimum.
+``librosa.sequence.dtw`` computes it; the steps are listed diagonal first,
+then vertical, then horizontal, which is the order ties are broken in.
 
 References:
   Sakoe, Chiba. Dynamic programming algorithm optimization for spoken word
   recognition. IEEE TASSP 1978.
+  McFee et al. librosa: Audio and music signal analysis in Python. SciPy 2015.
 """
 
 from __future__ import annotations
@@ -20,6 +19,10 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
+
+# (row, column) steps in tie-breaking order: diagonal, then a step along x,
+# then a step along y.
+_STEPS = np.array([[1, 1], [1, 0], [0, 1]])
 
 
 def cost_matrix(x, y) -> np.ndarray:
@@ -38,7 +41,7 @@ def cost_matrix(x, y) -> np.ndarray:
 
 
 def dtw(cost) -> Tuple[np.ndarray, float]:
-  """Optimal monotone alignment for a cost matrix.
+  """Optimal monotone alignment for a cost matrix (``librosa.sequence.dtw``).
 
   Args:
     cost: ``[N, M]`` non-negative local costs.
@@ -48,33 +51,14 @@ def dtw(cost) -> Tuple[np.ndarray, float]:
     ``(0, 0)`` to ``(N-1, M-1)``, and the accumulated cost along the path.
   """
   c = np.asarray(cost, dtype=np.float64)
-  n, m = c.shape
-  acc = np.empty((n, m))
-  acc[0] = np.cumsum(c[0])
-  for i in range(1, n):
-    prev = acc[i - 1]
-    diag = np.concatenate([[np.inf], prev[:-1]])
-    a = c[i] + np.minimum(prev, diag)
-    s = np.cumsum(c[i])
-    acc[i] = s + np.minimum.accumulate(a - s)
-  # Backtrack (ties prefer the diagonal).
-  i, j = n - 1, m - 1
-  path = [(i, j)]
-  while i > 0 or j > 0:
-    if i == 0:
-      j -= 1
-    elif j == 0:
-      i -= 1
-    else:
-      cands = (acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
-      k = int(np.argmin(cands))
-      if k == 0:
-        i, j = i - 1, j - 1
-      elif k == 1:
-        i -= 1
-      else:
-        j -= 1
-    path.append((i, j))
+  if c.ndim != 2 or 0 in c.shape:
+    raise ValueError(f"DTW needs a non-empty [N, M] cost matrix, got shape "
+                     f"{c.shape}.")
+  # librosa (numba) is imported on first use, so that importing
+  # metatts.evaluation stays light.
+  import librosa.sequence  # pylint: disable=g-import-not-at-top
+  acc, path = librosa.sequence.dtw(C=c, step_sizes_sigma=_STEPS,
+                                   backtrack=True)
   return np.asarray(path[::-1], dtype=np.int64), float(acc[-1, -1])
 
 
