@@ -40,7 +40,8 @@ Path = Tuple[Any, ...]
 Predicate = Callable[[Path, Any], bool]
 
 # Named parameter groups understood by ``filter_for``.
-GROUPS = ("speaker", "encoder", "decoder", "postnet", "attention")
+GROUPS = ("speaker", "encoder", "decoder", "postnet", "attention", "duration",
+          "aligner")
 FILTER_NAMES = GROUPS + ("all",)
 
 

@@ -38,6 +38,9 @@ class ModelEntry(NamedTuple):
 MODELS = {
     "tacotron": ModelEntry("metatts.models.tacotron", "tacotron_config",
                            "Tacotron"),
+    "duration_tacotron": ModelEntry("metatts.models.duration_tacotron",
+                                    "duration_tacotron_config",
+                                    "DurationTacotron"),
     "wavenet": ModelEntry("metatts.models.wavenet", "wavenet_config",
                           "WaveNet"),
     "speaker_encoder": ModelEntry("metatts.models.speaker_encoder",
