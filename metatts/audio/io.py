@@ -128,13 +128,42 @@ def load_audio(path: str, sample_rate: Optional[int] = 16000
   return np.ascontiguousarray(audio, np.float32), int(sr)
 
 
+def trim_bounds(audio: np.ndarray, sample_rate: int, top_db: float = 40.0,
+                frame_ms: float = 25.0, hop_ms: float = 10.0,
+                margin_ms: float = 20.0) -> Tuple[int, int]:
+  """The ``[start, end)`` samples that ``trim_silence`` keeps.
+
+  Args: as for ``trim_silence``.
+
+  Returns:
+    ``(start, end)``; ``(0, S)`` when nothing is trimmed.
+  """
+  audio = np.asarray(audio, np.float32)
+  frame = max(1, int(sample_rate * frame_ms / 1000))
+  hop = max(1, int(sample_rate * hop_ms / 1000))
+  if audio.shape[0] <= frame:
+    return 0, int(audio.shape[0])
+  n = 1 + (audio.shape[0] - frame) // hop
+  idx = np.arange(n)[:, None] * hop + np.arange(frame)[None, :]
+  rms = np.sqrt(np.mean(audio[idx].astype(np.float64) ** 2, axis=1))
+  db = 20 * np.log10(np.maximum(rms, 1e-10))
+  keep = np.nonzero(db > db.max() - top_db)[0]
+  if keep.size == 0 or rms.max() <= 1e-10:
+    return 0, int(audio.shape[0])
+  margin = int(sample_rate * margin_ms / 1000)
+  start = max(0, keep[0] * hop - margin)
+  end = min(audio.shape[0], keep[-1] * hop + frame + margin)
+  return int(start), int(end)
+
+
 def trim_silence(audio: np.ndarray, sample_rate: int, top_db: float = 40.0,
                  frame_ms: float = 25.0, hop_ms: float = 10.0,
                  margin_ms: float = 20.0) -> np.ndarray:
   """Cuts leading and trailing frames quieter than ``top_db`` below the peak.
 
   Frame energy is the RMS over ``frame_ms`` windows every ``hop_ms``; the kept
-  region is extended by ``margin_ms`` on both sides so onsets are not clipped.
+  region is extended by ``margin_ms`` on both sides so onsets are not clipped
+  (``trim_bounds`` gives the kept sample range).
 
   Args:
     audio: float ``[S]``.
@@ -146,20 +175,8 @@ def trim_silence(audio: np.ndarray, sample_rate: int, top_db: float = 40.0,
     float32 ``[S']`` (the input unchanged if it is all below threshold).
   """
   audio = np.asarray(audio, np.float32)
-  frame = max(1, int(sample_rate * frame_ms / 1000))
-  hop = max(1, int(sample_rate * hop_ms / 1000))
-  if audio.shape[0] <= frame:
-    return audio
-  n = 1 + (audio.shape[0] - frame) // hop
-  idx = np.arange(n)[:, None] * hop + np.arange(frame)[None, :]
-  rms = np.sqrt(np.mean(audio[idx].astype(np.float64) ** 2, axis=1))
-  db = 20 * np.log10(np.maximum(rms, 1e-10))
-  keep = np.nonzero(db > db.max() - top_db)[0]
-  if keep.size == 0 or rms.max() <= 1e-10:
-    return audio
-  margin = int(sample_rate * margin_ms / 1000)
-  start = max(0, keep[0] * hop - margin)
-  end = min(audio.shape[0], keep[-1] * hop + frame + margin)
+  start, end = trim_bounds(audio, sample_rate, top_db, frame_ms, hop_ms,
+                           margin_ms)
   return audio[start:end]
 
 

@@ -41,8 +41,51 @@ import os
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from absl import logging
+import numpy as np
 
 SPLITS = ("train", "heldout_seen", "heldout_unseen")
+
+
+class Timings(NamedTuple):
+  """A synthesizer's own word and phone timing of one clip (end times).
+
+  Written by ``metatts.data.synth`` for the voices whose synthesizer reports
+  it (flite, festival; not espeak-ng); see docs/data.md. Segment ``i`` runs
+  from the previous end (0 for the first) to its own end. Times are seconds
+  from the start of the audio they describe: the clip file in a ``Corpus``,
+  the trimmed clip the mel was computed from in a ``features.Example``.
+  """
+
+  words: Tuple[str, ...]  # [W] the synthesizer's words
+  word_ends: np.ndarray  # float64 [W] seconds
+  phones: Tuple[str, ...]  # [P] the synthesizer's phones ("pau": silence)
+  phone_ends: np.ndarray  # float64 [P] seconds
+
+  def shifted(self, offset: float,
+              duration: Optional[float] = None) -> "Timings":
+    """Times of the excerpt ``[offset, offset + duration)`` of the clip.
+
+    Times are clamped into the excerpt (a silence cut by trimming ends at
+    its edge).
+    """
+    hi = np.inf if duration is None else duration
+    return self._replace(
+        word_ends=np.clip(self.word_ends - offset, 0.0, hi),
+        phone_ends=np.clip(self.phone_ends - offset, 0.0, hi))
+
+  @classmethod
+  def from_record(cls, rec: dict) -> Optional["Timings"]:
+    """From a manifest record; None if it is incomplete or inconsistent."""
+    try:
+      words, phones = tuple(rec["words"]), tuple(rec["phones"])
+      w_ends = np.asarray(rec["word_ends"], np.float64)
+      p_ends = np.asarray(rec["phone_ends"], np.float64)
+    except (KeyError, TypeError, ValueError):
+      return None
+    if (w_ends.ndim != 1 or p_ends.ndim != 1 or not words or
+        len(words) != w_ends.shape[0] or len(phones) != p_ends.shape[0]):
+      return None
+    return cls(words, w_ends, phones, p_ends)
 
 
 class Utterance(NamedTuple):
@@ -50,6 +93,9 @@ class Utterance(NamedTuple):
   utt_id: str
   audio_path: str  # absolute path
   text: str  # raw transcript
+  # The synthesizer's timing in seconds of the clip file (synthetic corpora,
+  # timed voices only), else None.
+  timings: Optional[Timings] = None
 
 
 class Corpus(NamedTuple):
@@ -100,7 +146,8 @@ class _Scan:
     self.skipped = collections.Counter()
     self.examples = {}
 
-  def add(self, speaker, utt_id, audio_path, text_path=None, text=None):
+  def add(self, speaker, utt_id, audio_path, text_path=None, text=None,
+          timings=None):
     if text is None:
       if text_path is None or not os.path.isfile(text_path):
         return self.skip("missing_transcript", audio_path)
@@ -114,7 +161,7 @@ class _Scan:
     if os.path.getsize(audio_path) == 0:
       return self.skip("unreadable", audio_path)
     self.utts.append(Utterance(speaker, utt_id, os.path.abspath(audio_path),
-                               text))
+                               text, timings))
 
   def skip(self, reason, path):
     self.skipped[reason] += 1
@@ -147,7 +194,8 @@ def load_generic(root: str) -> Corpus:
 
   With ``ROOT/manifest.json`` (format "metatts-corpus", version 1) speakers,
   their split and metadata come from it; without it every speaker folder is a
-  training speaker.
+  training speaker. Its optional ``utterances`` map (utt id -> synthesizer
+  timing record) fills ``Utterance.timings``.
 
   Raises:
     FileNotFoundError: ROOT missing.
@@ -158,7 +206,7 @@ def load_generic(root: str) -> Corpus:
   root = _require_dir(root, layout)
   manifest_path = os.path.join(root, "manifest.json")
   name, sample_rate, speakers = os.path.basename(root), None, {}
-  listed = None
+  listed, timings = None, {}
   if os.path.isfile(manifest_path):
     try:
       with open(manifest_path, encoding="utf-8") as f:
@@ -182,6 +230,10 @@ def load_generic(root: str) -> Corpus:
         raise ValueError(f"{manifest_path}: speaker {s} has split "
                          f"{meta.get('split')!r}; use one of {SPLITS}.")
     listed = set(speakers)
+    records = manifest.get("utterances")
+    if isinstance(records, dict):
+      timings = {str(u): Timings.from_record(r) for u, r in records.items()
+                 if isinstance(r, dict)}
   scan = _Scan(name)
   for spk in sorted(os.listdir(root)):
     sdir = os.path.join(root, spk)
@@ -194,7 +246,7 @@ def load_generic(root: str) -> Corpus:
       stem, ext = os.path.splitext(fname)
       if ext.lower() in _AUDIO_EXTS:
         scan.add(spk, stem, os.path.join(sdir, fname),
-                 os.path.join(sdir, stem + ".txt"))
+                 os.path.join(sdir, stem + ".txt"), timings=timings.get(stem))
   return scan.finish(sample_rate, speakers)
 
 

@@ -46,7 +46,7 @@ import tqdm
 from metatts.audio import features as afeat
 from metatts.audio import io as aio
 from metatts.audio import text as atext
-from metatts.data.corpora import Corpus
+from metatts.data.corpora import Corpus, Timings
 
 FORMAT_VERSION = 1
 _SAVE_EVERY = 200
@@ -137,6 +137,11 @@ class Example(NamedTuple):
   tokens: np.ndarray  # int32 [L]   symbol ids, EOS last
   mel: np.ndarray  # float32 [T, n_mels]  log-mel (memory-mapped, read-only)
   audio_path: str
+  # The synthesizer's word/phone end times (synthetic corpora, timed voices;
+  # else None) in seconds from the first sample the mel was computed from,
+  # i.e. after this cache's silence trimming: mel frame t is centered on
+  # t * hop_length / sample_rate.
+  timings: Optional[Timings] = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -170,6 +175,18 @@ def compute_log_mel(audio: np.ndarray, mel_config: afeat.MelConfig
   bucket = _BUCKET_FRAMES * math.ceil(frames / _BUCKET_FRAMES)
   x = np.pad(x, (0, n_fft + (bucket - 1) * hop - x.shape[0]))
   return np.asarray(_mel_fn(mel_config)(x))[:frames]
+
+
+def _trim_bounds(path: str, config: FeatureConfig) -> List[int]:
+  """[start, end) samples (at ``config.sample_rate``) the trimming keeps.
+
+  Stored per index entry so that a clip's timings can be moved onto its mel
+  without changing the cache key.
+  """
+  audio, sr = aio.load_audio(path, config.sample_rate)
+  if config.trim_top_db is None:
+    return [0, int(audio.shape[0])]
+  return list(aio.trim_bounds(audio, sr, top_db=config.trim_top_db))
 
 
 def _atomic_write_json(path: str, obj) -> None:
@@ -234,7 +251,7 @@ class FeatureStore:
           Example(e["speaker"], e["utt_id"], e["text"],
                   np.asarray(e["tokens"], np.int32),
                   np.load(os.path.join(self.root, e["file"]), mmap_mode="r"),
-                  e["audio_path"]) for e in self._entries]
+                  e["audio_path"], e.get("timings")) for e in self._entries]
     return self._examples
 
   def by_speaker(self) -> Dict[str, List[Example]]:
@@ -316,7 +333,7 @@ def build_features(corpus: Corpus, config: FeatureConfig = FeatureConfig(),
                       index_path)
       index = {}
 
-  computed = reused = 0
+  computed = reused = trims_added = 0
   skipped = collections.Counter(corpus.skipped)
   examples_of_reason = {}
   dropped_msgs = []
@@ -346,16 +363,25 @@ def build_features(corpus: Corpus, config: FeatureConfig = FeatureConfig(),
       computed += 1
       if computed % _SAVE_EVERY == 0:
         _atomic_write_json(index_path, index)
+    timings = getattr(utt, "timings", None)
+    if timings is not None and entry["status"] == "ok":
+      if "trim" not in entry:  # also for entries cached before timings
+        entry["trim"] = _trim_bounds(utt.audio_path, config)
+        index[utt.audio_path] = entry
+        trims_added += 1
+      start, end = entry["trim"]
+      timings = timings.shifted(start / config.sample_rate,
+                                (end - start) / config.sample_rate)
     # Speaker / text in the index follow the current corpus.
     entry = {**entry, "speaker": utt.speaker, "utt_id": utt.utt_id,
-             "text": utt.text}
+             "text": utt.text, "timings": timings}
     if entry["status"] == "ok":
       entries.append(entry)
     else:
       skipped[entry["status"]] += 1
       examples_of_reason.setdefault(entry["status"], entry.get("error", ""))
   bar.close()
-  if computed:
+  if computed or trims_added:
     _atomic_write_json(index_path, index)
 
   present = {e["speaker"] for e in entries}
