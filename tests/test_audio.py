@@ -277,6 +277,44 @@ def test_trim_and_normalize():
   np.testing.assert_array_equal(aio.normalize_loudness(silence), silence)
 
 
+def test_trim_bounds_by_hand():
+  # 0.5 s of silence, 0.5 s of a +-0.5 square wave (every squared sample is
+  # 0.25), 0.5 s of silence. Frames of 400 samples every 160: a frame is
+  # within 40 dB of the loudest (RMS 0.5) as soon as it holds one tone sample
+  # (RMS 0.5 / 20 = 0.025 > 0.005). First such frame: 160 k + 400 > 8000, k =
+  # 48; last: 160 k < 16000, k = 99. With a 20 ms (320 sample) margin:
+  x = np.zeros(3 * SR // 2)
+  x[SR // 2:SR] = 0.5 * np.where(np.arange(SR // 2) % 40 < 20, 1.0, -1.0)
+  assert aio.trim_bounds(x, SR, top_db=40.0) == (48 * 160 - 320,
+                                                 99 * 160 + 400 + 320)
+  # The synthetic corpus builder's framing: 10 ms frames, no overlap, 50 ms.
+  assert aio.trim_bounds(x, SR, 40.0, frame_ms=10.0, hop_ms=10.0,
+                         margin_ms=50.0) == (8000 - 800, 16000 + 800)
+  # Digital silence and clips of one frame are kept whole.
+  assert aio.silence_bounds(np.zeros(5000), 40.0, 400, 160) == (0, 5000)
+  assert aio.silence_bounds(x[:400], 40.0, 400, 160) == (0, 400)
+
+
+def test_silence_bounds_takes_librosa_trim_frames():
+  # librosa.effects.trim centres its frames (zero padding of frame // 2 on
+  # both sides); silence_bounds frames the same padded signal uncentred, so
+  # the first and last non-silent frames must be librosa's.
+  rng = np.random.default_rng(0)
+  frame, hop = 512, 128
+  for _ in range(20):
+    n = int(rng.integers(4000, 20000))
+    env = np.full(n, 1e-3)
+    a, b = sorted(rng.integers(0, n, 2))
+    env[a:b + 1] = rng.uniform(0.05, 1.0)
+    y = rng.normal(size=n) * env
+    _, (ls, le) = librosa.effects.trim(y, top_db=30.0, frame_length=frame,
+                                       hop_length=hop)
+    s, e = aio.silence_bounds(np.pad(y, frame // 2), 30.0, frame, hop)
+    assert s // hop == ls // hop  # first non-silent frame
+    last = (e - frame) // hop
+    assert min(n, (last + 1) * hop) == le  # librosa ends a hop past it
+
+
 def test_check_clip_reasons():
   x = harmonic(1.0)
   assert aio.check_clip(x, SR) is None

@@ -36,6 +36,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from metatts.audio.io import silence_bounds
 from metatts.evaluation import _deps
 from metatts.evaluation.audio_io import check_waveform
 
@@ -121,8 +122,9 @@ def trim_silence(x: np.ndarray, top_db: float, frame_length: int = 1024,
                  hop_length: int = 256) -> np.ndarray:
   """Trims leading/trailing frames whose RMS is ``top_db`` below the loudest.
 
-  The rule of ``librosa.effects.trim`` (frame RMS relative to the loudest
-  frame) on uncentred frames, in numpy to avoid numba's start-up cost.
+  The library's one trimmer (:func:`metatts.audio.io.silence_bounds`, the
+  frame rule of ``librosa.effects.trim`` on uncentred frames), without a
+  margin.
 
   Args:
     x: ``[S]`` waveform.
@@ -132,17 +134,7 @@ def trim_silence(x: np.ndarray, top_db: float, frame_length: int = 1024,
   Returns:
     The trimmed ``[S']`` waveform (a view).
   """
-  if x.size <= frame_length:
-    return x
-  n = 1 + (x.size - frame_length) // hop_length
-  idx = np.arange(frame_length)[None, :] + hop_length * np.arange(n)[:, None]
-  rms = np.sqrt(np.mean(x[idx] ** 2, axis=1))  # [n]
-  db = 20.0 * np.log10(np.maximum(rms, 1e-10) / max(float(rms.max()), 1e-10))
-  keep = np.flatnonzero(db > -top_db)
-  if keep.size == 0:
-    return x[:0]
-  start = int(keep[0]) * hop_length
-  end = min(x.size, int(keep[-1]) * hop_length + frame_length)
+  start, end = silence_bounds(x, top_db, frame_length, hop_length)
   return x[start:end]
 
 
