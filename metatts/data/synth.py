@@ -41,6 +41,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -73,6 +74,10 @@ logger = logging.getLogger(__name__)
 # Bump when a change in this file changes the bytes a build writes; it is part
 # of the build hash, so existing corpora are rebuilt.
 CODE_VERSION = 1
+# Bump when the timings recorded in the manifest change (they are not part of
+# the build hash: an up-to-date corpus gets new timings by a cheap pass that
+# re-runs only the base synthesizers, see ``add_timings``).
+TIMINGS_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Written at the start of a build, removed when the manifest is in place.
 MARKER_NAME = ".metatts-build"
@@ -138,6 +143,324 @@ def _flite_voices(binary: str) -> frozenset[str]:
   return frozenset(out.split(":", 1)[-1].split())
 
 
+class BaseTimings(NamedTuple):
+  """The synthesizer's own timing of one base-voice utterance.
+
+  Times are end times in seconds of the base audio *after* silence trimming
+  (``synthesize_base_timed``); a segment starts where the previous one ends
+  (the first at 0). Phones are the synthesizer's own phone set (CMU/radio
+  phones for flite and festival, ``pau`` for silence).
+  """
+
+  words: tuple[str, ...]  # [W] the synthesizer's words (no punctuation)
+  word_ends: tuple[float, ...]  # [W] end of each word's last phone
+  phones: tuple[str, ...]  # [P] segments, silences ("pau") included
+  phone_ends: tuple[float, ...]  # [P] end of each segment
+
+
+# Engines that report their own segment timings; espeak-ng has no such
+# output (its phoneme events come through its C API only, not the CLI).
+TIMED_ENGINES = ("flite", "festival")
+# The synthesizer's time stamps and its audio may disagree by a few ms (a
+# diphone voice fits its targets only to a pitch period); a larger gap
+# between the last segment end and the audio length means the times do not
+# describe the audio, and the utterance gets no timings.
+_MAX_END_GAP_S = 0.05
+
+
+def _flite_cmd(binary, voice, txt, wav, with_timings):
+  cmd = [binary, "-voice", voice, "-f", txt, "-o", wav]
+  return cmd + ["-psdur"] if with_timings else cmd
+
+
+def _parse_psdur(stdout: str) -> list[tuple[str, float]] | None:
+  """``flite -psdur`` output ("name:end ..." per utterance) -> segments."""
+  lines = [ln for ln in stdout.splitlines() if ":" in ln]
+  if len(lines) != 1:  # several utterances restart the clock; skip them
+    return None
+  out = []
+  for tok in lines[0].split():
+    name, _, end = tok.rpartition(":")
+    try:
+      out.append((name, float(end)))
+    except ValueError:
+      return None
+  return out or None
+
+
+@functools.lru_cache(maxsize=8)
+def _flite_lib(voice: str):
+  """(libflite, registered voice pointer) via ctypes, or None.
+
+  The flite CLI prints segment end times but not which word a segment
+  belongs to; the same flite library, called through its C API, gives the
+  Word relation. Returns None when the shared libraries are missing.
+  """
+  import ctypes  # pylint: disable=g-import-not-at-top
+  import ctypes.util  # pylint: disable=g-import-not-at-top
+  try:
+    lib = ctypes.CDLL(ctypes.util.find_library("flite") or "libflite.so.1")
+    vname = f"cmu_us_{voice}"
+    vlib = ctypes.CDLL(ctypes.util.find_library(f"flite_{vname}")
+                       or f"libflite_{vname}.so.1")
+  except OSError:
+    return None
+  vp, cp = ctypes.c_void_p, ctypes.c_char_p
+  sigs = {"flite_init": (ctypes.c_int, []),
+          "flite_synth_text": (vp, [cp, vp]),
+          "utt_relation": (vp, [vp, cp]), "relation_head": (vp, [vp]),
+          "item_next": (vp, [vp]), "item_feat_string": (cp, [vp, cp]),
+          "item_feat_float": (ctypes.c_float, [vp, cp]),
+          "ffeature_float": (ctypes.c_float, [vp, cp]),
+          "delete_utterance": (None, [vp])}
+  try:
+    for fn, (res, args) in sigs.items():
+      getattr(lib, fn).restype = res
+      getattr(lib, fn).argtypes = args
+    reg = getattr(vlib, f"register_{vname}")
+  except AttributeError:
+    return None
+  reg.restype, reg.argtypes = vp, [cp]
+  lib.flite_init()
+  v = reg(None)
+  return (lib, v) if v else None
+
+
+def _flite_words(voice: str, text: str) -> tuple[list, list] | None:
+  """flite's (segments [(name, end)], words [(name, end)]) from its C API."""
+  handle = _flite_lib(voice)
+  if handle is None:
+    return None
+  lib, v = handle
+  utt = lib.flite_synth_text(text.encode("utf-8"), v)
+  if not utt:
+    return None
+  try:
+    rel = {}
+    for name in (b"Segment", b"Word"):
+      items, it = [], lib.relation_head(lib.utt_relation(utt, name))
+      while it:
+        label = lib.item_feat_string(it, b"name").decode("utf-8", "replace")
+        if name == b"Segment":
+          end = lib.item_feat_float(it, b"end")
+        else:  # a word ends where its last syllable's last segment ends
+          end = lib.ffeature_float(
+              it, b"R:SylStructure.daughtern.daughtern.end")
+        items.append((label, float(end)))
+        it = lib.item_next(it)
+      rel[name] = items
+  finally:
+    lib.delete_utterance(utt)
+  return rel[b"Segment"], rel[b"Word"]
+
+
+# Festival: text2wave runs (tts_hooks: utt.synth, save the wave) per
+# utterance; composing a hook after utt.synth writes every utterance's
+# Segment and Word relations without changing what is saved. If text2wave
+# does not look like that, the hook is not installed (no timings).
+_FESTIVAL_HOOK = """
+(defvar metatts_offset 0.0)
+(define (metatts_timing_hook utt)
+  (let ((fd (fopen "{path}" "a"))
+        (info (wave.info (utt.wave utt))))
+    (format fd "U %f\\n" metatts_offset)
+    (mapcar (lambda (s) (format fd "S %s %f\\n" (item.name s)
+                                (+ metatts_offset (item.feat s "end"))))
+            (utt.relation.items utt 'Segment))
+    (mapcar (lambda (w)
+              (format fd "W %s %f\\n" (item.name w)
+                      (+ metatts_offset
+                         (item.feat w "R:SylStructure.daughtern.daughtern.end"))))
+            (utt.relation.items utt 'Word))
+    (fclose fd)
+    (set! metatts_offset
+          (+ metatts_offset (/ (cadr (assoc 'num_samples info))
+                               (cadr (assoc 'sample_rate info))))))
+  utt)
+(if (and (consp tts_hooks) (eq? (car tts_hooks) utt.synth))
+    (set! tts_hooks (cons (lambda (utt) (metatts_timing_hook (utt.synth utt)))
+                          (cdr tts_hooks))))
+"""
+
+
+def _parse_festival(path: str) -> tuple[list, list] | None:
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      lines = f.read().splitlines()
+  except OSError:
+    return None
+  segs, words = [], []
+  for ln in lines:
+    parts = ln.split()
+    if len(parts) == 3 and parts[0] in ("S", "W"):
+      try:
+        (segs if parts[0] == "S" else words).append((parts[1],
+                                                     float(parts[2])))
+      except ValueError:
+        return None
+  return (segs, words) if segs and words else None
+
+
+def _raw_timings(engine: str, voice: str, text: str, stdout: str,
+                 festival_path: str) -> tuple[list, list] | None:
+  """(segments, words) with end times in seconds of the raw synth output.
+
+  A word ends where its last segment ends: word ends are snapped to the
+  nearest segment end (they differ only by print rounding), and timings
+  whose words do not end on a segment are dropped.
+  """
+  raw = (_parse_festival(festival_path) if engine == "festival" else
+         _flite_timings(voice, text, stdout))
+  if raw is None:
+    return None
+  segs, words = raw
+  seg_ends = np.asarray([e for _, e in segs])
+  snapped = []
+  for w, e in words:
+    k = int(np.argmin(np.abs(seg_ends - e)))
+    if abs(seg_ends[k] - e) > 1e-3:
+      return None
+    snapped.append((w, float(seg_ends[k])))
+  return segs, snapped
+
+
+def _flite_timings(voice: str, text: str, stdout: str
+                  ) -> tuple[list, list] | None:
+  """flite's segments (from the CLI's ``-psdur``) and words (C API)."""
+  segs = _parse_psdur(stdout)
+  if segs is None:
+    return None
+  lib = _flite_words(voice, text)
+  if lib is None:
+    return None
+  lib_segs, words = lib
+  # The C API must have made the very utterance the CLI made.
+  if ([n for n, _ in lib_segs] != [n for n, _ in segs] or
+      max(abs(a - b) for (_, a), (_, b) in zip(lib_segs, segs)) > 1e-3):
+    return None
+  return segs, words
+
+
+def synthesize_base_timed(name: str, text: str, sample_rate: int = 16000,
+                          timeout: float = 60.0, with_timings: bool = True
+                         ) -> tuple[np.ndarray, BaseTimings | None]:
+  """Reads ``text`` with base voice ``name``; also returns its timings.
+
+  The audio is exactly ``synthesize_base``'s (the timing outputs do not
+  change what the synthesizer writes). Timings come from the synthesizer
+  itself: ``flite -psdur`` (segment end times) with the word of each
+  segment from flite's C API (the same library, through ctypes), or
+  festival's Segment and Word relations (a hook composed after
+  ``utt.synth`` in ``text2wave``). espeak-ng voices have none.
+
+  Args:
+    name: a key of ``VOICES``.
+    text: the sentence.
+    sample_rate: output rate; the synthesizer's rate is converted with a
+      polyphase filter (linear phase: times are unchanged).
+    timeout: seconds before the synthesizer process is killed.
+    with_timings: False skips the timing outputs (returns None for them).
+
+  Returns:
+    (float64 [S] mono waveform at ``sample_rate`` with leading and trailing
+    silence trimmed, ``BaseTimings`` in seconds of that trimmed waveform or
+    None when the engine has none or they are not consistent with the
+    audio).
+
+  Raises:
+    FileNotFoundError: the synthesizer binary is not installed (the message
+      holds the apt-get line).
+    RuntimeError: the synthesizer failed or produced no audio.
+  """
+  voice = _voice(name)
+  binary, package = ENGINES[voice.engine]
+  if shutil.which(binary) is None:
+    raise FileNotFoundError(
+        f"Synthesizer binary {binary!r} (base voice {name!r}) is not "
+        f"installed. Install it with: {apt_line([package, voice.package])}")
+  if voice.engine == "flite" and voice.voice not in _flite_voices(binary):
+    # flite silently falls back to its default voice for unknown names.
+    raise RuntimeError(
+        f"flite has no voice {voice.voice!r} (base voice {name!r}); install "
+        f"it with: {apt_line([voice.package])}")
+  with_timings = with_timings and voice.engine in TIMED_ENGINES
+  raw = None
+  with tempfile.TemporaryDirectory(prefix="metatts-synth-") as tmp:
+    txt = os.path.join(tmp, "in.txt")
+    wav = os.path.join(tmp, "out.wav")
+    fest_times = os.path.join(tmp, "times.txt")
+    with open(txt, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+    if voice.engine == "flite":
+      cmd = _flite_cmd(binary, voice.voice, txt, wav, with_timings)
+    elif voice.engine == "festival":
+      cmd = [binary, "-eval", f"(voice_{voice.voice})"]
+      if with_timings:
+        hook = os.path.join(tmp, "hook.scm")
+        with open(hook, "w", encoding="utf-8") as f:
+          f.write(_FESTIVAL_HOOK.replace("{path}", fest_times))
+        cmd += ["-eval", hook]
+      cmd += ["-o", wav, txt]
+    else:
+      cmd = [binary, "-v", voice.voice, "-w", wav, "-f", txt]
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout,
+                          check=False)
+    # festival reports a missing voice on stderr with exit status 0.
+    siod_error = b"SIOD ERROR" in proc.stderr
+    if proc.returncode != 0 or siod_error or not os.path.exists(wav):
+      if with_timings and voice.engine == "festival":
+        # The timing hook must never cost the audio: retry without it.
+        return synthesize_base_timed(name, text, sample_rate, timeout,
+                                     with_timings=False)
+      err = proc.stderr.decode("utf-8", "replace").strip()[-300:]
+      raise RuntimeError(
+          f"{' '.join(cmd[:3])} failed (exit {proc.returncode}): {err}. "
+          f"Check the voice with: {apt_line([package, voice.package])}")
+    audio, sr = sf.read(wav, dtype="float64", always_2d=True)
+    if with_timings:
+      raw = _raw_timings(voice.engine, voice.voice, text,
+                         proc.stdout.decode("utf-8", "replace"), fest_times)
+  raw_seconds = audio.shape[0] / sr
+  audio = audio.mean(axis=1)
+  if sr != sample_rate:
+    g = math.gcd(int(sr), int(sample_rate))
+    audio = scipy.signal.resample_poly(audio, sample_rate // g, sr // g)
+  start, stop = trim_bounds(audio, sample_rate)
+  audio = audio[start:stop]
+  if audio.size < sample_rate // 10:
+    raise RuntimeError(f"Base voice {name!r} produced no audio for {text!r}.")
+  timings = None
+  if raw is not None and abs(raw[0][-1][1] - raw_seconds) <= _MAX_END_GAP_S:
+    timings = _trim_timings(raw, start / sample_rate,
+                            audio.size / sample_rate)
+  return audio, timings
+
+
+def _trim_timings(raw: tuple[list, list], offset: float,
+                  duration: float) -> BaseTimings | None:
+  """Shifts raw (segments, words) by the trim ``offset`` into [0, duration].
+
+  Segments that end before the cut are dropped, the segment that crosses
+  the end is cut there and later ones dropped; word ends are clamped.
+  """
+  segs, words = raw
+  phones, ends = [], []
+  for name, end in segs:
+    t = end - offset
+    if t <= 0.0:
+      continue
+    phones.append(name)
+    ends.append(min(t, duration))
+    if t >= duration:
+      break
+  w_names = [w for w, _ in words]
+  w_ends = [min(max(e - offset, 0.0), duration) for _, e in words]
+  if not phones or not w_names or np.any(np.diff(w_ends) <= 0):
+    return None
+  return BaseTimings(tuple(w_names), tuple(w_ends), tuple(phones),
+                     tuple(ends))
+
+
 def synthesize_base(name: str, text: str, sample_rate: int = 16000,
                     timeout: float = 60.0) -> np.ndarray:
   """Reads ``text`` with base voice ``name``.
@@ -158,59 +481,20 @@ def synthesize_base(name: str, text: str, sample_rate: int = 16000,
       holds the apt-get line).
     RuntimeError: the synthesizer failed or produced no audio.
   """
-  voice = _voice(name)
-  binary, package = ENGINES[voice.engine]
-  if shutil.which(binary) is None:
-    raise FileNotFoundError(
-        f"Synthesizer binary {binary!r} (base voice {name!r}) is not "
-        f"installed. Install it with: {apt_line([package, voice.package])}")
-  if voice.engine == "flite" and voice.voice not in _flite_voices(binary):
-    # flite silently falls back to its default voice for unknown names.
-    raise RuntimeError(
-        f"flite has no voice {voice.voice!r} (base voice {name!r}); install "
-        f"it with: {apt_line([voice.package])}")
-  with tempfile.TemporaryDirectory(prefix="metatts-synth-") as tmp:
-    txt = os.path.join(tmp, "in.txt")
-    wav = os.path.join(tmp, "out.wav")
-    with open(txt, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
-    if voice.engine == "flite":
-      cmd = [binary, "-voice", voice.voice, "-f", txt, "-o", wav]
-    elif voice.engine == "festival":
-      cmd = [binary, "-eval", f"(voice_{voice.voice})", "-o", wav, txt]
-    else:
-      cmd = [binary, "-v", voice.voice, "-w", wav, "-f", txt]
-    proc = subprocess.run(cmd, capture_output=True, timeout=timeout,
-                          check=False)
-    # festival reports a missing voice on stderr with exit status 0.
-    siod_error = b"SIOD ERROR" in proc.stderr
-    if proc.returncode != 0 or siod_error or not os.path.exists(wav):
-      err = proc.stderr.decode("utf-8", "replace").strip()[-300:]
-      raise RuntimeError(
-          f"{' '.join(cmd[:3])} failed (exit {proc.returncode}): {err}. "
-          f"Check the voice with: {apt_line([package, voice.package])}")
-    audio, sr = sf.read(wav, dtype="float64", always_2d=True)
-  audio = audio.mean(axis=1)
-  if sr != sample_rate:
-    g = math.gcd(int(sr), int(sample_rate))
-    audio = scipy.signal.resample_poly(audio, sample_rate // g, sr // g)
-  audio = trim_silence(audio, sample_rate)
-  if audio.size < sample_rate // 10:
-    raise RuntimeError(f"Base voice {name!r} produced no audio for {text!r}.")
-  return audio
+  return synthesize_base_timed(name, text, sample_rate, timeout,
+                               with_timings=False)[0]
 
 
-def trim_silence(audio: np.ndarray, sample_rate: int, top_db: float = 40.0,
-                 margin_s: float = 0.05) -> np.ndarray:
-  """Cuts leading/trailing frames quieter than ``top_db`` below the peak.
+def trim_bounds(audio: np.ndarray, sample_rate: int, top_db: float = 40.0,
+                margin_s: float = 0.05) -> tuple[int, int]:
+  """[start, stop) samples kept between leading and trailing silence.
 
   The library's one trimmer (``metatts.audio.io.trim_bounds``) on
   non-overlapping 10 ms frames with a ``margin_s`` margin: the same bounds
   this builder always cut, so ``CODE_VERSION`` stands.
   """
-  start, stop = aio.trim_bounds(audio, sample_rate, top_db, frame_ms=10.0,
-                                hop_ms=10.0, margin_ms=1000.0 * margin_s)
-  return audio[start:stop]
+  return aio.trim_bounds(audio, sample_rate, top_db, frame_ms=10.0,
+                         hop_ms=10.0, margin_ms=1000.0 * margin_s)
 
 
 def probe_voices(names: Sequence[str], sample_rate: int = 16000
@@ -440,6 +724,54 @@ def analyze(audio: np.ndarray, sample_rate: int, frame_period: float = 5.0,
   return WorldFeatures(f0, sp, ap)
 
 
+def _world_frames(num_samples: int, sample_rate: int,
+                  frame_period: float) -> int:
+  """Frames WORLD's f0 estimators (DIO, Harvest) return for a clip."""
+  return int(1000.0 * num_samples / sample_rate / frame_period) + 1
+
+
+def _scaled_frames(n: int, rate: float) -> int:
+  """Frames after ``_time_scale`` of ``n`` frames by ``rate``."""
+  m = max(2, int(round(n / rate)))
+  return n if n < 2 else m
+
+
+def _synth_samples(n_frames: int, sample_rate: int,
+                   frame_period: float) -> int:
+  """Samples ``pyworld.synthesize`` writes for ``n_frames`` frames."""
+  return int(n_frames * frame_period * sample_rate / 1000.0)
+
+
+def clip_timings(base: BaseTimings, n_frames: int, rate: float,
+                 clip_seconds: float) -> dict:
+  """Maps base-voice timings onto a perturbed speaker's clip.
+
+  The only perturbation that moves time is the rate change: ``_time_scale``
+  resamples the ``n`` WORLD frames (frame ``i`` at ``i`` frame periods) to
+  ``m`` frames by linear interpolation of the frame index, so source time
+  ``t`` lands at ``t (m - 1) / (n - 1)``. Pitch, warp, breathiness, tilt and
+  the loudness gain do not move time, and nothing is trimmed after the
+  resynthesis (the base audio was trimmed before the analysis, which
+  ``BaseTimings`` already accounts for).
+
+  Args:
+    base: timings in seconds of the trimmed base audio.
+    n_frames: WORLD frames of the base audio's analysis.
+    rate: the speaker's ``Perturbation.rate``.
+    clip_seconds: duration of the written clip (times are clamped to it).
+
+  Returns:
+    The manifest record: ``words``, ``word_ends``, ``phones``,
+    ``phone_ends`` (seconds of the clip, 0.1 ms resolution).
+  """
+  m = _scaled_frames(n_frames, rate)
+  scale = (m - 1) / (n_frames - 1) if m != n_frames else 1.0
+  def mapped(ts):
+    return [round(min(t * scale, clip_seconds), 4) for t in ts]
+  return {"words": list(base.words), "word_ends": mapped(base.word_ends),
+          "phones": list(base.phones), "phone_ends": mapped(base.phone_ends)}
+
+
 def _time_scale(feat: WorldFeatures, rate: float) -> WorldFeatures:
   """Resamples the frame sequence to ``F / rate`` frames.
 
@@ -448,8 +780,8 @@ def _time_scale(feat: WorldFeatures, rate: float) -> WorldFeatures:
   at voicing boundaries (so no pitch glides into unvoiced regions).
   """
   n = feat.f0.shape[0]
-  m = max(2, int(round(n / rate)))
-  if m == n or n < 2:
+  m = _scaled_frames(n, rate)
+  if m == n:
     return feat
   pos = np.linspace(0.0, n - 1, m)  # [m]
   lo = np.minimum(np.floor(pos).astype(np.int64), n - 2)
@@ -769,28 +1101,84 @@ class _Job(NamedTuple):
   target_dbfs: float
 
 
-def _run_job(job: _Job) -> tuple[int, str | None]:
+def _run_job(job: _Job) -> tuple[int, str | None, dict]:
   """Synthesizes, analyses once, writes every speaker's version.
 
   Returns:
-    (number of files written, error message or None).
+    (number of files written, error message or None, utt_id -> timing
+    record for the clips whose synthesizer reports timings).
   """
   try:
-    audio = synthesize_base(job.voice, job.text, job.sample_rate)
+    audio, base = synthesize_base_timed(job.voice, job.text, job.sample_rate)
     feat = analyze(audio, job.sample_rate, job.frame_period, job.f0_method)
   except Exception as e:  # pylint: disable=broad-except
-    return 0, f"{job.voice} / {job.text!r}: {e}"
-  written = 0
+    return 0, f"{job.voice} / {job.text!r}: {e}", {}
+  written, timings = 0, {}
   for speaker_id, utt_id, p in job.targets:
     y = resynthesize(perturb(feat, p, job.sample_rate), job.sample_rate,
                      job.frame_period)
     y = normalize_loudness(y, job.sample_rate, job.target_dbfs)
-    base = os.path.join(job.out_dir, speaker_id, utt_id)
-    sf.write(base + ".wav", to_pcm16(y), job.sample_rate, subtype="PCM_16")
-    with open(base + ".txt", "w", encoding="utf-8") as f:
+    base_path = os.path.join(job.out_dir, speaker_id, utt_id)
+    sf.write(base_path + ".wav", to_pcm16(y), job.sample_rate,
+             subtype="PCM_16")
+    with open(base_path + ".txt", "w", encoding="utf-8") as f:
       f.write(job.text + "\n")
     written += 1
-  return written, None
+    if base is not None:
+      timings[utt_id] = {"speaker": speaker_id, **clip_timings(
+          base, feat.f0.shape[0], p.rate, y.size / job.sample_rate)}
+  return written, None, timings
+
+
+def _run_timing_job(job: _Job, verify_bytes: bool = False
+                   ) -> tuple[str, int, list[str], dict]:
+  """Timings for the clips of an existing build, without resynthesizing.
+
+  The base synthesizer runs again (it is deterministic), and every clip's
+  length must equal what the WORLD resynthesis of that base audio writes;
+  with ``verify_bytes`` the first clip is also resynthesized and compared
+  byte for byte.
+
+  Returns:
+    (base voice, clips checked, problems, utt_id -> timing record).
+  """
+  try:
+    audio, base = synthesize_base_timed(job.voice, job.text, job.sample_rate)
+  except Exception as e:  # pylint: disable=broad-except
+    return job.voice, 0, [f"{job.voice} / {job.text!r}: {e}"], {}
+  n = _world_frames(audio.size, job.sample_rate, job.frame_period)
+  problems, timings, checked = [], {}, 0
+  for k, (speaker_id, utt_id, p) in enumerate(job.targets):
+    path = os.path.join(job.out_dir, speaker_id, utt_id + ".wav")
+    try:
+      frames = sf.info(path).frames
+    except (OSError, RuntimeError) as e:
+      problems.append(f"{path}: {e}")
+      continue
+    expected = _synth_samples(_scaled_frames(n, p.rate), job.sample_rate,
+                              job.frame_period)
+    if frames != expected:
+      problems.append(f"{path}: {frames} samples, the base synthesizer now "
+                      f"gives {expected}")
+      continue
+    if verify_bytes and k == 0:
+      feat = analyze(audio, job.sample_rate, job.frame_period, job.f0_method)
+      y = normalize_loudness(resynthesize(perturb(feat, p, job.sample_rate),
+                                          job.sample_rate, job.frame_period),
+                             job.sample_rate, job.target_dbfs)
+      stored, _ = sf.read(path, dtype="int16")
+      if not np.array_equal(stored, to_pcm16(y)):
+        problems.append(f"{path}: resynthesis differs from the stored clip")
+        continue
+    checked += 1
+    if base is not None:
+      timings[utt_id] = {"speaker": speaker_id, **clip_timings(
+          base, n, p.rate, frames / job.sample_rate)}
+  return job.voice, checked, problems, timings
+
+
+def _run_timing_job_verified(job: _Job):
+  return _run_timing_job(job, verify_bytes=True)
 
 
 def _read_json(path: str) -> dict | None:
@@ -859,6 +1247,166 @@ def _pool_context():
   return multiprocessing.get_context("spawn")
 
 
+def _jobs(cfg: SynthConfig, seed: int, plans: Sequence[SpeakerPlan],
+          out_dir: str) -> list[_Job]:
+  """One job per (voice, sentence): analysed once, resynthesized per reader."""
+  sentences = generate_sentences(cfg.n_sentences, seed, cfg.min_words,
+                                 cfg.max_words)
+  readers: dict[tuple[str, int], list] = {}
+  for p in plans:
+    for s in p.sentences:
+      readers.setdefault((p.voice, s), []).append(
+          (p.speaker_id, f"{p.speaker_id}_{s:04d}", p.perturbation))
+  jobs = [
+      _Job(v, s, sentences[s], tuple(t), out_dir, cfg.sample_rate,
+           cfg.frame_period, cfg.f0_method, cfg.target_dbfs)
+      for (v, s), t in sorted(readers.items())
+  ]
+  # Big jobs first so the pool's tail is short.
+  jobs.sort(key=lambda j: (-len(j.targets), j.voice, j.sentence_id))
+  return jobs
+
+
+class _NoBar:
+  def update(self, n):
+    del n
+
+
+@contextlib.contextmanager
+def _progress(total: int, desc: str, enabled: bool):
+  try:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover
+    yield _NoBar()
+    return
+  bar = tqdm(total=total, desc=desc, unit="clip", disable=not enabled)
+  try:
+    yield bar
+  finally:
+    bar.close()
+
+
+def _imap(fn, jobs: Sequence, workers: int | None):
+  """Yields ``fn(job)`` for every job (unordered) from a worker pool."""
+  workers = workers or os.cpu_count() or 1
+  ctx = _pool_context() if workers > 1 else None
+  if workers > 1 and ctx is None:
+    logger.warning("JAX is running and the main script (%s) cannot be "
+                   "re-imported by worker processes; building in-process.",
+                   getattr(sys.modules["__main__"], "__file__", "?"))
+  if ctx is None:
+    yield from map(fn, jobs)
+    return
+  pool = ctx.Pool(workers)
+  try:
+    yield from pool.imap_unordered(fn, jobs, chunksize=1)
+  except BaseException:
+    pool.terminate()  # Ctrl-C or a crash: stop the workers now.
+    pool.join()
+    pool = None
+    raise
+  finally:
+    if pool is not None:
+      pool.close()
+      pool.join()
+
+
+def _set_timings(manifest: dict, timings: dict, n_clips: int,
+                 problems: list[str]) -> None:
+  """Stores per-utterance timing records and their summary in the manifest."""
+  manifest["utterances"] = dict(sorted(timings.items()))
+  manifest["timings"] = {
+      "version": TIMINGS_VERSION,
+      "units": "seconds of the clip (end times)",
+      "engines": list(TIMED_ENGINES),
+      "utterances_with_timings": len(timings),
+      "utterances_without": n_clips - len(timings),
+      "voices_with_timings": sorted({
+          manifest["speakers"][r["speaker"]]["base_voice"]
+          for r in timings.values()}),
+      "problems": problems[:20], "n_problems": len(problems)}
+
+
+def add_timings(out_dir: str, *, workers: int | None = None,
+                progress: bool = True) -> dict:
+  """Adds the synthesizers' timings to an existing build, audio untouched.
+
+  For a corpus built before timings were recorded (or with an older
+  ``TIMINGS_VERSION``): re-runs only the base synthesizers of the timed
+  voices (flite, festival; seconds instead of the minutes of a build), checks
+  that every clip's length is what that base audio gives and, for one clip
+  per voice, that the resynthesis is byte-identical; then rewrites the
+  manifest (atomically) with the records. Clips that fail a check get no
+  timings (``manifest["timings"]["problems"]`` says why; rebuild with
+  ``build_corpus(..., force=True)`` to get them).
+
+  Args:
+    out_dir: a complete synthetic build.
+    workers: processes; default ``os.cpu_count()``.
+    progress: show a tqdm bar.
+
+  Returns:
+    The manifest's ``timings`` summary.
+
+  Raises:
+    ValueError: ``out_dir`` holds no complete synthetic build.
+  """
+  out_dir = os.path.abspath(out_dir)
+  manifest_path = os.path.join(out_dir, MANIFEST_NAME)
+  manifest = _read_json(manifest_path)
+  if (manifest is None or "build" not in manifest or
+      not _is_complete(out_dir, manifest)):
+    raise ValueError(f"{out_dir} holds no complete synthetic corpus build; "
+                     "build it with metatts.data.synth.build_corpus.")
+  build = manifest["build"]
+  cfg = get_config(build["config"])
+  seed = int(build["seed"])
+  plans = plan_speakers(cfg, build["voices_available"], seed)
+  jobs = [j for j in _jobs(cfg, seed, plans, out_dir)
+          if VOICES[j.voice].engine in TIMED_ENGINES]
+  first = {}
+  for j in jobs:
+    first.setdefault(j.voice, j)
+  verified = set(id(j) for j in first.values())
+  t0 = time.time()
+  timings, problems, bad_voices = {}, [], set()
+  with _progress(sum(len(j.targets) for j in jobs), "synth timings",
+                 progress) as bar:
+    fns = [(_run_timing_job_verified if id(j) in verified else _run_timing_job)
+           for j in jobs]
+    for voice, checked, probs, times in _imap(_call, list(zip(fns, jobs)),
+                                              workers):
+      timings.update(times)
+      problems.extend(probs)
+      if probs:
+        bad_voices.add(voice)
+      bar.update(checked + len(probs))
+  if bad_voices:
+    logger.warning(
+        "Timings: %d problems (%s); no timings for voices %s. Rebuild with "
+        "build_corpus(..., force=True) to get them.", len(problems),
+        problems[:3], sorted(bad_voices))
+    timings = {u: r for u, r in timings.items()
+               if manifest["speakers"][r["speaker"]]["base_voice"]
+               not in bad_voices}
+  n_clips = sum(m.get("n_utterances", 0)
+                for m in manifest["speakers"].values())
+  _set_timings(manifest, timings, n_clips, problems)
+  tmp = manifest_path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, manifest_path)
+  logger.info("Added timings of %d clips to %s (%.1f s, %d problems).",
+              len(timings), out_dir, time.time() - t0, len(problems))
+  return manifest["timings"]
+
+
+def _call(fn_job):
+  fn, job = fn_job
+  return fn(job)
+
+
 def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
                  workers: int | None = None, force: bool = False,
                  progress: bool = True) -> str:
@@ -914,6 +1462,8 @@ def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
       _is_complete(out_dir, old)):
     logger.info("Synthetic corpus %s is up to date (hash %s).", out_dir,
                 digest[:12])
+    if old.get("timings", {}).get("version") != TIMINGS_VERSION:
+      add_timings(out_dir, workers=workers, progress=progress)
     return out_dir
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     ours = (old is not None and old.get("format") == "metatts-corpus" and
@@ -927,8 +1477,6 @@ def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
                 out_dir)
     _clear_previous(out_dir)
 
-  sentences = generate_sentences(cfg.n_sentences, seed, cfg.min_words,
-                                 cfg.max_words)
   plans = plan_speakers(cfg, voices, seed)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, MARKER_NAME), "w", encoding="utf-8") as f:
@@ -936,60 +1484,18 @@ def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
   for p in plans:
     os.makedirs(os.path.join(out_dir, p.speaker_id), exist_ok=True)
 
-  # One job per (voice, sentence): analysed once, resynthesized per reader.
-  readers: dict[tuple[str, int], list] = {}
-  for p in plans:
-    for s in p.sentences:
-      readers.setdefault((p.voice, s), []).append(
-          (p.speaker_id, f"{p.speaker_id}_{s:04d}", p.perturbation))
-  jobs = [
-      _Job(v, s, sentences[s], tuple(t), out_dir, cfg.sample_rate,
-           cfg.frame_period, cfg.f0_method, cfg.target_dbfs)
-      for (v, s), t in sorted(readers.items())
-  ]
-  # Big jobs first so the pool's tail is short.
-  jobs.sort(key=lambda j: (-len(j.targets), j.voice, j.sentence_id))
-  workers = workers or os.cpu_count() or 1
-  errors = []
+  jobs = _jobs(cfg, seed, plans, out_dir)
+  errors, timings = [], {}
   n_files = sum(len(j.targets) for j in jobs)
-  try:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=n_files, desc="synth corpus", unit="clip",
-               disable=not progress)
-  except ImportError:  # pragma: no cover
-    bar = None
-  ctx = _pool_context() if workers > 1 else None
-  if workers > 1 and ctx is None:
-    logger.warning("JAX is running and the main script (%s) cannot be "
-                   "re-imported by worker processes; building in-process.",
-                   getattr(sys.modules["__main__"], "__file__", "?"))
-  if ctx is None:
-    results = map(_run_job, jobs)
-    pool = None
-  else:
-    pool = ctx.Pool(workers)
-    results = pool.imap_unordered(_run_job, jobs, chunksize=1)
   n_written = 0
-  try:
-    for written, err in results:
+  with _progress(n_files, "synth corpus", progress) as bar:
+    for written, err, times in _imap(_run_job, jobs, workers):
       n_written += written
+      timings.update(times)
       if err:
         errors.append(err)
         logger.warning("Skipped: %s", err)
-      if bar is not None:
-        bar.update(written)
-  except BaseException:
-    if pool is not None:  # Ctrl-C or a crash: stop the workers now.
-      pool.terminate()
-      pool.join()
-      pool = None
-    raise
-  finally:
-    if pool is not None:
-      pool.close()
-      pool.join()
-    if bar is not None:
-      bar.close()
+      bar.update(written)
 
   speakers = {}
   for p in plans:
@@ -1008,6 +1514,7 @@ def build_corpus(preset_or_config: Any, out_dir: str, *, seed: int = 0,
                 "voices_skipped": failed,
                 "skipped": {"base_synthesis_failed": len(errors)}},
   }
+  _set_timings(manifest, timings, n_written, [])
   tmp = manifest_path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=1, sort_keys=True)
