@@ -2,7 +2,7 @@
 
 ``metatts.data.synth`` records flite's and festival's own word/phone end
 times; ``metatts.evaluation.alignment`` scores an alignment against them.
-The real-clip tests build a 10-clip corpus (flite, festival, espeak-ng voices;
+The real-clip tests build a 14-clip corpus (flite, festival, espeak-ng voices;
 speaking rates 0.85 and 1.15, so the timings go through the time stretch)
 in a temporary folder: about 15 s.
 """
@@ -28,7 +28,8 @@ needs_synth = pytest.mark.skipif(
     "(apt-get install flite festival festvox-kallpc16k espeak-ng)")
 
 TIMED = dict(
-    name="timed", voices=("flite-slt", "festival-kal", "espeak-us-m3"),
+    name="timed",
+    voices=("flite-slt", "flite-kal16", "festival-kal", "espeak-us-m3"),
     heldout_voice="espeak-us-m3", n_sentences=12, sentences_per_voice=2,
     min_words=5, max_words=9, train_per_voice=2, heldout_seen_per_voice=0,
     unseen_speakers=1, utts_per_speaker=(2, 2), rates=(0.85, 1.15))
@@ -139,8 +140,9 @@ def test_manifest_records_timings_of_flite_and_festival(timed_corpus):
   root, manifest = timed_corpus
   summary = manifest["timings"]
   assert summary["version"] == synth.TIMINGS_VERSION
-  assert summary["voices_with_timings"] == ["festival-kal", "flite-slt"]
-  assert summary["utterances_with_timings"] == 8  # 4 speakers x 2 clips
+  assert summary["voices_with_timings"] == ["festival-kal", "flite-kal16",
+                                            "flite-slt"]
+  assert summary["utterances_with_timings"] == 12  # 6 speakers x 2 clips
   assert summary["utterances_without"] == 2  # espeak-ng: none
   for utt, rec in manifest["utterances"].items():
     assert rec["speaker"] == utt.rsplit("_", 1)[0]
@@ -187,7 +189,7 @@ def test_timings_match_the_audio(timed_corpus):
 
 @needs_synth
 def test_examples_carry_timings_on_the_mel_clock(timed_corpus, timed_examples):
-  assert len(timed_examples) == 8
+  assert len(timed_examples) == 12
   root, manifest = timed_corpus
   for ex in timed_examples:
     rec = manifest["utterances"][ex.utt_id]
@@ -275,4 +277,4 @@ def test_existing_build_gets_timings_without_resynthesis(timed_corpus,
   sf.write(victim, audio[:-160], sr, subtype="PCM_16")
   summary = synth.add_timings(str(out), workers=1, progress=False)
   assert summary["n_problems"] == 1
-  assert summary["voices_with_timings"] == ["festival-kal"]
+  assert summary["voices_with_timings"] == ["festival-kal", "flite-kal16"]

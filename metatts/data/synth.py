@@ -77,7 +77,8 @@ CODE_VERSION = 1
 # Bump when the timings recorded in the manifest change (they are not part of
 # the build hash: an up-to-date corpus gets new timings by a cheap pass that
 # re-runs only the base synthesizers, see ``add_timings``).
-TIMINGS_VERSION = 1
+# 2: flite-kal16 is timed too (its audio ends inside its last pause).
+TIMINGS_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 # Written at the start of a build, removed when the manifest is in place.
 MARKER_NAME = ".metatts-build"
@@ -162,9 +163,12 @@ class BaseTimings(NamedTuple):
 # output (its phoneme events come through its C API only, not the CLI).
 TIMED_ENGINES = ("flite", "festival")
 # The synthesizer's time stamps and its audio may disagree by a few ms (a
-# diphone voice fits its targets only to a pitch period); a larger gap
-# between the last segment end and the audio length means the times do not
-# describe the audio, and the utterance gets no timings.
+# diphone voice fits its targets only to a pitch period). Audio that runs on
+# past the last segment end by more, or that stops before the last word has
+# ended, is not described by the times: the utterance gets no timings.
+# (Audio that stops inside the final pause is fine: flite's diphone voice
+# kal16 ends its audio about 0.11 s into a 0.22 s final "pau", while its word
+# ends agree with the speech as well as the other voices'.)
 _MAX_END_GAP_S = 0.05
 
 
@@ -430,7 +434,8 @@ def synthesize_base_timed(name: str, text: str, sample_rate: int = 16000,
   if audio.size < sample_rate // 10:
     raise RuntimeError(f"Base voice {name!r} produced no audio for {text!r}.")
   timings = None
-  if raw is not None and abs(raw[0][-1][1] - raw_seconds) <= _MAX_END_GAP_S:
+  if (raw is not None and raw[1] and
+      raw[1][-1][1] <= raw_seconds <= raw[0][-1][1] + _MAX_END_GAP_S):
     timings = _trim_timings(raw, start / sample_rate,
                             audio.size / sample_rate)
   return audio, timings
