@@ -61,26 +61,32 @@ def _wav_truncation(path: str) -> Optional[str]:
   return None
 
 
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int,
+             dtype=np.float32) -> np.ndarray:
   """Band-limited polyphase resampling (``scipy.signal.resample_poly``).
+
+  The one resampler of the library: features, clip loading and the
+  evaluation's judges all use it (computed in float64).
 
   Args:
     audio: float ``[S]`` (or ``[..., S]``) waveform.
     orig_sr: its sample rate.
     target_sr: the wanted sample rate.
+    dtype: the result's dtype (the judges ask for float64).
 
   Returns:
-    float32 ``[..., round(S * target_sr / orig_sr)]``.
+    ``dtype`` ``[..., round(S * target_sr / orig_sr)]``.
   """
+  orig_sr, target_sr = int(orig_sr), int(target_sr)
   if orig_sr <= 0 or target_sr <= 0:
     raise ValueError(f"resample: sample rates must be positive, got "
                      f"{orig_sr} -> {target_sr}.")
   if orig_sr == target_sr:
-    return np.asarray(audio, np.float32)
-  g = math.gcd(int(orig_sr), int(target_sr))
+    return np.asarray(audio, dtype)
+  g = math.gcd(orig_sr, target_sr)
   out = scipy.signal.resample_poly(np.asarray(audio, np.float64),
                                    target_sr // g, orig_sr // g, axis=-1)
-  return out.astype(np.float32)
+  return out.astype(dtype)
 
 
 def load_audio(path: str, sample_rate: Optional[int] = 16000

@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from metatts.audio import io as aio
+
 # All judges run at this rate: PocketSphinx's en-US model and Resemblyzer's
 # encoder are 16 kHz models, and the mel-cepstral alpha 0.42 is the 16 kHz value.
 EVAL_SAMPLE_RATE = 16000
@@ -64,16 +66,7 @@ def check_same_rate(sr_a: int, sr_b: int, name_a: str, name_b: str) -> None:
     raise ValueError(
         f"sample rates differ: {name_a} is {sr_a} Hz but {name_b} is {sr_b} Hz; "
         f"resample both to one rate first, e.g. "
-        f"librosa.resample(x, orig_sr={sr_a}, target_sr={sr_b}).")
-
-
-def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
-  """Resamples with librosa's default (soxr high-quality) resampler."""
-  if int(sr) == int(target_sr):
-    return np.asarray(wav, dtype=np.float64)
-  import librosa  # pylint: disable=g-import-not-at-top
-  return librosa.resample(np.asarray(wav, dtype=np.float64), orig_sr=int(sr),
-                          target_sr=int(target_sr)).astype(np.float64)
+        f"metatts.audio.resample(x, {sr_a}, {sr_b}).")
 
 
 def load_wav(path: str, sr: Optional[int] = EVAL_SAMPLE_RATE
@@ -103,7 +96,7 @@ def load_wav(path: str, sr: Optional[int] = EVAL_SAMPLE_RATE
   x = x.mean(axis=1)
   x = check_waveform(x, int(file_sr), path)
   if sr is not None and int(sr) != int(file_sr):
-    x = resample(x, int(file_sr), int(sr))
+    x = aio.resample(x, int(file_sr), int(sr), dtype=np.float64)
     file_sr = sr
   return x, int(file_sr)
 

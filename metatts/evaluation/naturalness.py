@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from metatts.audio.io import resample
 from metatts.evaluation import _deps
-from metatts.evaluation.audio_io import EVAL_SAMPLE_RATE, check_waveform, resample
+from metatts.evaluation.audio_io import EVAL_SAMPLE_RATE, check_waveform
 
 
 def dnsmos(wav, sr: int, name: str = "waveform") -> float:
@@ -33,7 +34,7 @@ def dnsmos(wav, sr: int, name: str = "waveform") -> float:
     The P.808 MOS estimate.
   """
   x = check_waveform(wav, sr, name)
-  x = resample(x, sr, EVAL_SAMPLE_RATE)
+  x = resample(x, sr, EVAL_SAMPLE_RATE, dtype=np.float64)
   x = np.clip(x, -1.0, 1.0).astype(np.float32)
   _deps.require("onnxruntime")
   mod = _deps.require("speechmos.dnsmos")

@@ -36,9 +36,9 @@ import jiwer
 import numpy as np
 
 from metatts.audio import text as atext
+from metatts.audio.io import resample
 from metatts.evaluation import _deps
-from metatts.evaluation.audio_io import (EVAL_SAMPLE_RATE, check_waveform,
-                                         resample)
+from metatts.evaluation.audio_io import EVAL_SAMPLE_RATE, check_waveform
 
 
 def normalize_text(text: str) -> str:
@@ -155,7 +155,7 @@ def transcribe(wav, sr: int, name: str = "waveform") -> str:
     The recognized words (lowercase, may be empty).
   """
   x = check_waveform(wav, sr, name)
-  x = resample(x, sr, EVAL_SAMPLE_RATE)
+  x = resample(x, sr, EVAL_SAMPLE_RATE, dtype=np.float64)
   peak = float(np.max(np.abs(x)))
   if peak > 1.0:
     x = x / peak
