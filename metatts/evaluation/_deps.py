@@ -1,7 +1,7 @@
 """Lazy imports of the optional evaluation dependencies.
 
 The core library is JAX-only. The judges need PyTorch (Resemblyzer), PocketSphinx
-and PyWORLD, which come with ``pip install metatts[evaluation]``. They are
+and PyWORLD/pysptk, which come with ``pip install metatts[evaluation]``. They are
 imported on first use, so ``import metatts.evaluation`` always works.
 """
 
@@ -16,6 +16,7 @@ _INSTALL_HINT = {
     "torch": "pip install 'metatts[evaluation]' (installs torch==2.13.0 CPU)",
     "pocketsphinx": "pip install 'metatts[evaluation]' (installs pocketsphinx>=5)",
     "pyworld": "pip install 'metatts[audio]' (installs pyworld)",
+    "pysptk": "pip install 'metatts[audio]' (installs pysptk)",
     "speechmos": "pip install speechmos onnxruntime (optional DNSMOS naturalness proxy)",
     "onnxruntime": "pip install speechmos onnxruntime (optional DNSMOS naturalness proxy)",
 }
