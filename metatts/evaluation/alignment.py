@@ -21,11 +21,19 @@ letters stays inside the word, as in "don't").
 
 **When the word counts disagree.** espeak-ng joins some function words to the
 next word without a space ("in the garden" is phonemized ``ɪnðə ɡˈɑːɹdən``,
-two words), and numbers or abbreviations may be spelled out differently by
-the frontend and by the synthesizer. An utterance whose token words and
-reference words differ in number cannot be paired word by word; it is
-skipped (``word_boundary_errors`` returns None) and counted as skipped by
-``summarize``, which reports the count next to the error.
+two words; about a quarter of the synthetic corpus's sentences have such a
+join), and numbers or abbreviations may be spelled out differently by the
+frontend and by the synthesizer. When the reference words are known (pass
+the ``Timings`` record, or ``ref_words``), the token words are matched to
+them: a token word may stand for 1-3 consecutive reference words, or two
+token words for one, chosen by the smallest edit distance between the token
+word's IPA and the reference words' IPA (each phonemized alone with the same
+frontend; stress and length marks ignored). Only the ends of matched groups
+are scored (the boundary inside "ɪnðə" has no token boundary to score).
+Utterances that still cannot be paired, or that are given as bare arrays
+with a different number of words, are skipped (``word_boundary_errors``
+returns None) and counted as skipped by ``summarize``, which reports the
+count next to the error.
 
 **Time convention.** Mel frame ``t`` is centered on sample ``t * hop``
 (``center=True``, as in ``metatts.audio.features``), so the boundary
@@ -189,7 +197,9 @@ def word_end_times(durations: np.ndarray, tokens: np.ndarray,
 def word_boundary_errors(durations: np.ndarray, tokens: np.ndarray,
                          symbols: SymbolsLike, word_ends,
                          hop_length: int, sample_rate: int,
-                         signed: bool = False) -> Optional[np.ndarray]:
+                         signed: bool = False,
+                         ref_words: Optional[Sequence[str]] = None
+                        ) -> Optional[np.ndarray]:
   """Word-boundary errors of an alignment against reference word ends.
 
   Args:
@@ -199,22 +209,124 @@ def word_boundary_errors(durations: np.ndarray, tokens: np.ndarray,
     symbols: their symbol set, e.g. "phonemes".
     word_ends: the reference: float ``[W]`` seconds from the first mel
       sample, or a ``Timings`` (``features.Example.timings``, already in
-      those seconds).
+      those seconds; its ``words`` serve as ``ref_words``).
     hop_length: mel hop in samples.
     sample_rate: Hz.
     signed: return ``predicted - reference`` instead of its magnitude.
+    ref_words: the reference's words (``[W]``), used to match token words
+      to them when the counts differ (see the module docstring).
 
   Returns:
-    float64 ``[W]`` errors in milliseconds, one per word end, or None when
-    the tokens hold a different number of words than the reference (the
-    utterance cannot be paired; count it as skipped).
+    float64 errors in milliseconds, one per scored word end (``[W]`` when
+    the word counts agree, fewer when words had to be matched), or None when
+    the utterance cannot be paired (count it as skipped).
   """
   ref = _as_word_ends(word_ends)
+  if ref_words is None:
+    ref_words = getattr(word_ends, "words", None)
   pred = word_end_times(durations, tokens, symbols, hop_length, sample_rate)
-  if pred.shape[0] != ref.shape[0] or ref.shape[0] == 0:
+  if ref.shape[0] == 0:
     return None
-  err = (pred - ref) * 1000.0
+  if pred.shape[0] == ref.shape[0]:
+    err = (pred - ref) * 1000.0
+  else:
+    if ref_words is None or len(ref_words) != ref.shape[0]:
+      return None
+    pairs = match_words(tokens, symbols, ref_words)
+    if pairs is None:
+      return None
+    err = (pred[pairs[:, 0]] - ref[pairs[:, 1]]) * 1000.0
   return err if signed else np.abs(err)
+
+
+_MARKS = str.maketrans("", "", "ˈˌː")
+# (token words, reference words) per matched group, and the extra cost of
+# anything but 1:1 (so that ties prefer the plain pairing).
+_GROUPS = ((1, 1, 0.0), (1, 2, 0.5), (1, 3, 0.5), (2, 1, 0.5))
+
+
+def _edit_distance(a: str, b: str) -> int:
+  row = list(range(len(b) + 1))
+  for i, ca in enumerate(a, 1):
+    prev, row[0] = row[0], i
+    for j, cb in enumerate(b, 1):
+      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1,
+                                 prev + (ca != cb))
+  return row[-1]
+
+
+def _token_words(tokens: np.ndarray, symbols: SymbolsLike) -> list:
+  sset = atext.symbol_set(symbols)
+  ends = word_token_ends(tokens, symbols)
+  sep = set(_separator_ids(sset).tolist())
+  words = []
+  for e in ends:
+    k = int(e)
+    while k > 0 and (int(tokens[k - 1]) not in sep or (
+        sset.symbols[int(tokens[k - 1])] == "'" and k - 2 >= 0 and
+        int(tokens[k - 2]) not in sep)):
+      k -= 1
+    words.append("".join(sset.symbols[int(i)] for i in tokens[k:e + 1]))
+  return words
+
+
+def match_words(tokens: np.ndarray, symbols: SymbolsLike,
+                ref_words: Sequence[str],
+                max_cost: float = 0.35) -> Optional[np.ndarray]:
+  """Pairs the token sequence's words with reference words.
+
+  Token word groups and reference word groups (1:1, 1:2, 1:3 or 2:1) are
+  chosen by dynamic programming to minimize the edit distance between
+  their spellings: for phonemes, the token word's IPA against the reference
+  words phonemized one by one with the same frontend (espeak-ng; stress and
+  length marks ignored); for characters, the letters.
+
+  Args:
+    tokens: int ``[L]`` ids.
+    symbols: their symbol set.
+    ref_words: the reference words, in order.
+    max_cost: give up (None) when the total edit distance exceeds this
+      fraction of the reference's length in symbols.
+
+  Returns:
+    int64 ``[G, 2]``: for each matched group, the index of its last token
+    word and of its last reference word; None when no pairing is close
+    enough.
+  """
+  sset = atext.symbol_set(symbols)
+  tok = [w.translate(_MARKS) for w in _token_words(tokens, sset)]
+  if sset.name == "phonemes":
+    ref = [atext.phonemize(w).translate(_MARKS).replace(" ", "")
+           for w in ref_words]
+  else:
+    ref = ["".join(c for c in atext.normalize_text(w) if c.isalpha())
+           for w in ref_words]
+  n, m = len(tok), len(ref)
+  if n == 0 or m == 0:
+    return None
+  inf = float("inf")
+  cost = np.full((n + 1, m + 1), inf)
+  back = {}
+  cost[0, 0] = 0.0
+  for i in range(n + 1):
+    for j in range(m + 1):
+      if cost[i, j] == inf:
+        continue
+      for di, dj, extra in _GROUPS:
+        if i + di > n or j + dj > m:
+          continue
+        c = cost[i, j] + extra + _edit_distance(
+            "".join(tok[i:i + di]), "".join(ref[j:j + dj]))
+        if c < cost[i + di, j + dj]:
+          cost[i + di, j + dj] = c
+          back[(i + di, j + dj)] = (i, j)
+  if cost[n, m] > max_cost * max(1, sum(len(r) for r in ref)):
+    return None
+  pairs, ij = [], (n, m)
+  while ij != (0, 0):
+    pairs.append((ij[0] - 1, ij[1] - 1))
+    ij = back[ij]
+  return np.asarray(pairs[::-1], np.int64)
 
 
 def durations_from_word_ends(tokens: np.ndarray, symbols: SymbolsLike,
@@ -238,14 +350,20 @@ def durations_from_word_ends(tokens: np.ndarray, symbols: SymbolsLike,
     sample_rate: Hz.
 
   Returns:
-    int64 ``[L]`` summing to ``num_frames``, or None if the word counts
-    disagree.
+    int64 ``[L]`` summing to ``num_frames``, or None if the words cannot be
+    paired (see ``word_boundary_errors``).
   """
   ref = _as_word_ends(word_ends)
   tokens = np.asarray(tokens)
   ends = word_token_ends(tokens, symbols)
-  if ends.shape[0] != ref.shape[0] or ref.shape[0] == 0:
+  if ref.shape[0] == 0:
     return None
+  if ends.shape[0] != ref.shape[0]:
+    words = getattr(word_ends, "words", None)
+    pairs = None if words is None else match_words(tokens, symbols, words)
+    if pairs is None:
+      return None
+    ends, ref = ends[pairs[:, 0]], ref[pairs[:, 1]]
   # Boundary c (frames) sits at (c - 1/2) hop; the nearest to t is
   # round(t sr / hop + 1/2), kept monotonic and inside [0, num_frames].
   bounds = np.clip(np.round(ref * sample_rate / hop_length + 0.5), 0,
