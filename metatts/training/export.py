@@ -32,7 +32,6 @@ into place, so a crash never leaves a half-written export behind a valid
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
@@ -52,15 +51,6 @@ PARAMS_DIR = "params"
 EXTRA_DIR = "extra"
 ADAPT_KEYS = ("filter", "optimizer", "lr", "default_steps", "speaker_slot")
 OPTIMIZERS = ("sgd", "adam")
-
-# Models the export understands: name -> (module, config function, class).
-# ``tacotron`` is also in ``metatts.models.MODELS``; the vocoder is listed
-# here so that an export never depends on what else the registry holds.
-_BUILDERS = {
-    "tacotron": ("metatts.models.tacotron", "tacotron_config", "Tacotron"),
-    "wavenet": ("metatts.models.wavenet", "wavenet_config", "WaveNet"),
-}
-
 
 class ExportError(ValueError):
   """A missing, partial or inconsistent export folder."""
@@ -104,7 +94,7 @@ def build_from_config(model_name: str, model_config: Mapping[str, Any],
   """Builds an NNX model of ``model_name`` from a ``config_to_dict`` dict.
 
   Args:
-    model_name: 'tacotron' or 'wavenet'.
+    model_name: a key of ``metatts.models.MODELS`` (the one model registry).
     model_config: every field of the model's config (from ``model.json``).
     seed: initialization seed (the values are overwritten on load).
     abstract: build under ``nnx.eval_shape``: every array is a
@@ -118,15 +108,15 @@ def build_from_config(model_name: str, model_config: Mapping[str, Any],
     ValueError: unknown model name or config field.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  if model_name not in _BUILDERS:
+  from metatts import models  # pylint: disable=g-import-not-at-top
+  if model_name not in models.MODELS:
     raise ValueError(f"Unknown exported model {model_name!r}; this version "
-                     f"of metatts can load {sorted(_BUILDERS)}.")
-  module_name, config_fn, cls = _BUILDERS[model_name]
-  module = importlib.import_module(module_name)
+                     f"of metatts can load {sorted(models.MODELS)} "
+                     "(metatts.models.MODELS).")
   fields = {k: (tuple(v) if isinstance(v, list) else v)
             for k, v in dict(model_config).items()}
-  config = getattr(module, config_fn)("tiny", **fields)
-  make = lambda: getattr(module, cls)(config, rngs=nnx.Rngs(seed))  # noqa: E731
+  config = models.model_config(model_name, fields)
+  make = lambda: models.build_model(model_name, config, nnx.Rngs(seed))  # noqa: E731
   if abstract:
     try:
       return nnx.eval_shape(make), config
@@ -170,7 +160,8 @@ def export_model(directory: str, *, method: str, model_name: str,
   Args:
     directory: destination, usually ``WORKDIR/<method>/model``.
     method: method key ('meta-maml', 'transfer', ...).
-    model_name: 'tacotron' or 'wavenet'.
+    model_name: a key of ``metatts.models.MODELS`` ('tacotron', 'wavenet',
+      ...); ``load_exported`` rebuilds the model from it.
     model_config: the model's config object (or dict of all its fields).
     params: the parameter pytree (pure dict from ``functional.split``).
     feature_config: ``metatts.data.features.FeatureConfig`` (or dict).
