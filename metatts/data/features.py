@@ -177,6 +177,85 @@ def compute_log_mel(audio: np.ndarray, mel_config: afeat.MelConfig
   return np.asarray(_mel_fn(mel_config)(x))[:frames]
 
 
+def load_clip(clip, config: FeatureConfig, *, sample_rate: Optional[int] = None,
+              min_seconds: Optional[float] = None,
+              max_seconds: Optional[float] = None,
+              name: Optional[str] = None) -> np.ndarray:
+  """Loads one clip with the feature settings: the one clip loader.
+
+  The feature cache, the library API's adaptation clips, the evaluation's
+  reference clips and the vocoder's training audio all come from here, so a
+  clip is resampled, checked, trimmed and loudness-normalized the same way
+  wherever it is used.
+
+  Args:
+    clip: an audio file path, or a waveform array ``[S]`` (float in
+      ``[-1, 1]`` or integer PCM; ``[S, C]`` / ``[C, S]`` with ``C <= 8`` is
+      downmixed) at ``sample_rate``.
+    config: the ``FeatureConfig`` (rate, trimming threshold, loudness).
+    sample_rate: the rate of an array clip (required for arrays).
+    min_seconds, max_seconds: allowed duration after trimming (default: the
+      config's ``min_seconds`` / ``max_seconds``).
+    name: how an array clip is named in errors.
+
+  Returns:
+    float32 ``[S']`` at ``config.sample_rate``.
+
+  Raises:
+    FileNotFoundError, aio.AudioError (a ValueError): naming the clip and the
+      fix; ``AudioError.reason`` is the key a scan counts.
+    ValueError: an array of the wrong type or shape, or without a rate.
+  """
+  fc = config
+  min_s = fc.min_seconds if min_seconds is None else float(min_seconds)
+  max_s = fc.max_seconds if max_seconds is None else float(max_seconds)
+  trim = fc.trim_top_db is not None
+  top_db = fc.trim_top_db if trim else 40.0
+  normalize = fc.target_dbfs is not None
+  target = fc.target_dbfs if normalize else -20.0
+  if isinstance(clip, (str, os.PathLike)):
+    return aio.load_clip(os.fspath(clip), fc.sample_rate, trim=trim,
+                         top_db=top_db, normalize=normalize,
+                         target_dbfs=target, min_seconds=min_s,
+                         max_seconds=max_s)
+  name = name or "array clip"
+  audio = np.asarray(clip)
+  if audio.dtype.kind not in "fiu":
+    raise ValueError(
+        f"{name} is a {type(clip).__name__} of dtype {audio.dtype}; pass a "
+        "file path or a float waveform array in [-1, 1].")
+  if audio.ndim == 2 and min(audio.shape) <= 8:  # [S, C] or [C, S]: downmix
+    audio = audio.mean(axis=int(np.argmin(audio.shape)))
+  if audio.ndim != 1:
+    raise ValueError(
+        f"{name} has shape {audio.shape}; pass a mono waveform [S].")
+  if sample_rate is None:
+    raise ValueError(
+        f"{name} is an array but sample_rate is not given; call "
+        "adapt(..., sample_rate=SR) with the arrays' sample rate.")
+  if audio.dtype.kind in "iu":
+    audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max)
+  audio = aio.resample(audio.astype(np.float32), int(sample_rate),
+                       fc.sample_rate)
+  if not np.all(np.isfinite(audio)):
+    raise ValueError(f"{name} holds NaN or Inf samples; pass a clean "
+                     "float waveform.")
+  sr = fc.sample_rate
+  reason = aio.check_clip(audio, sr, min_seconds=0.0,
+                          max_seconds=float("inf"))
+  if reason is None and trim:
+    audio = aio.trim_silence(audio, sr, top_db=top_db)
+  if reason is None:
+    reason = aio.check_clip(audio, sr, min_seconds=min_s, max_seconds=max_s)
+  if reason is not None:
+    raise aio.AudioError(
+        reason, f"unusable clip {name} ({reason}, "
+        f"{audio.shape[0] / sr:.2f} s): {aio._FIXES[reason]}.")  # pylint: disable=protected-access
+  if normalize:
+    audio = aio.normalize_loudness(audio, target)
+  return audio
+
+
 def _trim_bounds(path: str, config: FeatureConfig) -> List[int]:
   """[start, end) samples (at ``config.sample_rate``) the trimming keeps.
 
@@ -279,13 +358,7 @@ def _process(utt, config: FeatureConfig, mel_config) -> dict:
             "error": f"{tokens.shape[0]} tokens > max_tokens="
                      f"{config.max_tokens}"}
   try:
-    audio = aio.load_clip(
-        utt.audio_path, config.sample_rate,
-        trim=config.trim_top_db is not None,
-        top_db=config.trim_top_db or 40.0,
-        normalize=config.target_dbfs is not None,
-        target_dbfs=config.target_dbfs or -20.0,
-        min_seconds=config.min_seconds, max_seconds=config.max_seconds)
+    audio = load_clip(utt.audio_path, config)
   except FileNotFoundError as e:
     return {**base, "status": "missing_audio", "error": str(e)}
   except aio.AudioError as e:
