@@ -19,19 +19,24 @@ What happens underneath, and why:
 * ``TTS.adapt`` loads and checks every clip (unreadable, silent, too short or
   long, empty transcript, a transcript whose length cannot match the clip ->
   ``ValueError`` naming the clip and the fix), computes log-mels exactly like
-  the training features, and runs ``metatts.meta.adapt`` - the inner loop the
-  meta-learners were trained through - with the exported protocol. The clips
-  are padded to bucketed lengths (frames to a multiple of ``FRAME_BUCKET``,
-  symbols to a multiple of ``TOKEN_BUCKET``); padding is masked, so it does not
-  change the loss, and a jitted adaptation is compiled once per (number of
-  clips, length bucket, steps). The number of clips is not padded: an empty
-  padding clip would divide by zero in the guided-attention loss, and a
-  repeated one would weight clips unequally.
-* ``Voice.synthesize`` normalizes the text with the model's symbol set, splits
+  the training features (``metatts.clips``), and runs ``metatts.meta.adapt``
+  - the inner loop the meta-learners were trained through - with the
+  exported protocol (``metatts.voice.adapt``). The clips are padded to
+  bucketed lengths (frames to a multiple of ``FRAME_BUCKET``, symbols to a
+  multiple of ``TOKEN_BUCKET``); padding is masked, so it does not change the
+  loss, and a jitted adaptation is compiled once per (number of clips, length
+  bucket). The number of clips is not padded: an empty padding clip would
+  divide by zero in the guided-attention loss, and a repeated one would
+  weight clips unequally.
+* ``Voice.synthesize`` (``metatts.voice.synthesize``) normalizes the text with the model's symbol set, splits
   long text into sentences, runs Tacotron inference (until the stop token, but
   not before a minimum and not past a budget, both proportional to the text
   length) and a vocoder, and returns a float32 waveform at the training sample
   rate.
+* The evaluation protocol (``metatts.experiments.adaptation``) loads each
+  method's export with :func:`load` and adapts and speaks through the same
+  ``metatts.voice`` functions, so the reported numbers are measured on what a
+  user runs.
 * ``Voice.save`` writes the adapted parameters with Orbax (never pickle) as an
   export of its own, plus ``voice.json`` (base model, speaker slot, steps,
   clips, losses) and a copy of the vocoder, so ``load_voice`` needs nothing
@@ -39,11 +44,10 @@ What happens underneath, and why:
 * A ``zeroshot`` export (a Tacotron conditioned on a speaker encoder's vector
   instead of a speaker table; ``model.json`` holds ``speaker_encoder_config``
   and the encoder is in ``speaker_encoder/``, see
-  ``metatts.experiments.tts.export_zeroshot``) is used through the same calls:
-  ``adapt`` encodes the clips' log-mels with the encoder (the mean vector over
-  the clips) and runs the same inner loop on ``{"acoustic", "speaker_vector"}``
-  exactly as the evaluation's ``ZeroShotAdapter`` (``steps=0`` is zero-shot
-  cloning); the voice synthesizes with its vector and saves it in
+  ``metatts.methods.zeroshot``) is used through the same calls: ``adapt``
+  encodes the clips' log-mels with the encoder (the mean vector over the
+  clips) and runs the same inner loop on ``{"acoustic", "speaker_vector"}``
+  (``steps=0`` is zero-shot cloning); the voice synthesizes with its vector and saves it in
   ``voice.json``. ``TTS.voice()`` has no speaker to offer such a model.
 
 References:
@@ -61,68 +65,53 @@ References:
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import functools
 import hashlib
 import json
-import math
 import os
-import re
 import shutil
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from metatts import clips as clips_lib
 from metatts import functional
 from metatts import meta
-from metatts.audio import features as afeat
-from metatts.audio import io as aio
+from metatts import vocoders
+from metatts import voice as voice_lib
 from metatts.audio import text as atext
 from metatts.data import features as dfeat
-from metatts.models import tacotron
 from metatts.types import TTSBatch
 
 PathLike = Union[str, os.PathLike]
-ClipLike = Union[PathLike, np.ndarray]
+ClipLike = clips_lib.ClipLike
 
-MIN_CLIPS = 1
-MAX_CLIPS = 10
 MAX_STEPS = 10000
-# Padded shapes: frames to a multiple of FRAME_BUCKET, symbols of TOKEN_BUCKET.
-FRAME_BUCKET = 64
-TOKEN_BUCKET = 16
-# A transcript is rejected when the clip gives it less than MIN_SEC_PER_SYMBOL
-# or more than MAX_SEC_PER_SYMBOL seconds per symbol (read speech: ~0.07 s).
-MIN_SEC_PER_SYMBOL = 0.01
-MAX_SEC_PER_SYMBOL = 1.0
-# Synthesis length limits per input symbol (cf. ESPnet's Tacotron 2
-# maxlenratio / minlenratio): a frame budget of at most SYNTH_SEC_PER_SYMBOL,
-# and a stop before SYNTH_MIN_SEC_PER_SYMBOL (50 symbols/s, faster than any
-# speech) is ignored. The minimum is the one rule of
-# ``metatts.models.tacotron.min_synthesis_frames``, which the evaluation's
-# synthesis uses too; the name here is an alias of that constant.
-SYNTH_SEC_PER_SYMBOL = 0.25
-SYNTH_MIN_SEC_PER_SYMBOL = tacotron.SYNTH_MIN_SEC_PER_SYMBOL
-SENTENCE_PAUSE_SECONDS = 0.15
-GRIFFIN_LIM_ITERS = 32
-# Synthesized audio louder than this peak is scaled down to it.
-PEAK_LIMIT = 0.99
+# Aliases of the voice path's settings (metatts.clips, metatts.voice,
+# metatts.vocoders), kept here for the API's users.
+MIN_CLIPS = clips_lib.MIN_CLIPS
+MAX_CLIPS = clips_lib.MAX_CLIPS
+FRAME_BUCKET = clips_lib.FRAME_BUCKET
+TOKEN_BUCKET = clips_lib.TOKEN_BUCKET
+MIN_SEC_PER_SYMBOL = clips_lib.MIN_SEC_PER_SYMBOL
+MAX_SEC_PER_SYMBOL = clips_lib.MAX_SEC_PER_SYMBOL
+SYNTH_SEC_PER_SYMBOL = voice_lib.SYNTH_SEC_PER_SYMBOL
+SYNTH_MIN_SEC_PER_SYMBOL = voice_lib.SYNTH_MIN_SEC_PER_SYMBOL
+SENTENCE_PAUSE_SECONDS = voice_lib.SENTENCE_PAUSE_SECONDS
+GRIFFIN_LIM_ITERS = vocoders.GRIFFIN_LIM_ITERS
+PEAK_LIMIT = voice_lib.PEAK_LIMIT
+OPTIMIZERS = voice_lib.OPTIMIZERS
+ADAPT_TRACES = voice_lib.ADAPT_TRACES
+Clip = clips_lib.Clip
+GriffinLimVocoder = vocoders.GriffinLimVocoder
+WaveNetVocoder = vocoders.WaveNetVocoder
+_bucket = clips_lib.bucket
 
 VOICE_FORMAT = "metatts-voice"
 VOICE_VERSION = 1
 VOICE_FILE = "voice.json"
 MODEL_FILE = "model.json"
-
-# Inner optimizers the export may name (config value -> optax constructor).
-OPTIMIZERS = {
-    "sgd": optax.sgd,
-    "adam": optax.adam,
-}
 
 
 # ----------------------------------------------------------------------------
@@ -136,10 +125,10 @@ def _export_module():
 
 
 def _zeroshot_module():
-  """``metatts.experiments.tts``: the zero-shot voice protocol (imported late,
-  only for zeroshot models)."""
-  from metatts.experiments import tts  # pylint: disable=g-import-not-at-top
-  return tts
+  """``metatts.methods.zeroshot``: the zero-shot export (imported late, only
+  for models with a speaker encoder)."""
+  from metatts.methods import zeroshot  # pylint: disable=g-import-not-at-top
+  return zeroshot
 
 
 def resolve_model_dir(path: PathLike) -> str:
@@ -195,19 +184,6 @@ def resolve_model_dir(path: PathLike) -> str:
       "it to end) and point at WORKDIR/<method>/model.")
 
 
-def _vocoder_dir_for(model_dir: str) -> Optional[str]:
-  """``WORKDIR/vocoder/model`` next to ``WORKDIR/<method>/model``, if any."""
-  candidates = [
-      os.path.join(model_dir, "vocoder", "model"),  # a saved voice
-      os.path.join(os.path.dirname(os.path.dirname(model_dir)), "vocoder",
-                   "model"),  # a training workdir
-  ]
-  for c in candidates:
-    if os.path.isfile(os.path.join(c, MODEL_FILE)):
-      return c
-  return None
-
-
 def params_hash(params: Any) -> str:
   """SHA-1 (16 hex digits) of a parameter pytree's paths, dtypes and values."""
   h = hashlib.sha1()
@@ -219,273 +195,6 @@ def params_hash(params: Any) -> str:
   return h.hexdigest()[:16]
 
 
-def _round_up(x: int, multiple: int) -> int:
-  return int(multiple * math.ceil(max(int(x), 1) / multiple))
-
-
-def _bucket(x: int, multiple: int, cap: int) -> int:
-  return max(int(x), min(_round_up(x, multiple), int(cap)))
-
-
-# ----------------------------------------------------------------------------
-# Vocoders.
-
-
-class GriffinLimVocoder:
-  """Log-mel -> waveform by mel inversion and Griffin-Lim (no training).
-
-  The mel is padded with silence (``log(log_floor)``) to a multiple of
-  ``FRAME_BUCKET`` frames so the jitted reconstruction compiles once per
-  bucket, and the waveform is cut back to the clip.
-  """
-
-  name = "griffin-lim"
-
-  def __init__(self, mel_config: afeat.MelConfig,
-               n_iter: int = GRIFFIN_LIM_ITERS):
-    self.mel_config = mel_config
-    self.n_iter = int(n_iter)
-    self._fn = _griffin_lim_function(mel_config, self.n_iter)
-
-  def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
-    """mel: float32 [T, M] -> float32 [T * hop] waveform."""
-    t = mel.shape[0]
-    hop = self.mel_config.hop_length
-    padded = _round_up(t + 1, FRAME_BUCKET)
-    floor = math.log(self.mel_config.log_floor)
-    mel = np.pad(mel, ((0, padded - t), (0, 0)), constant_values=floor)
-    audio = np.asarray(self._fn(jnp.asarray(mel), key))  # [(P - 1) * hop]
-    return audio[:t * hop]
-
-
-class WaveNetVocoder:
-  """Log-mel -> waveform with an exported WaveNet (fast queued generation).
-
-  References:
-    van den Oord et al. (2016), WaveNet: A generative model for raw audio,
-      arXiv:1609.03499.
-    Paine et al. (2016), Fast WaveNet generation algorithm, arXiv:1611.09482.
-  """
-
-  name = "wavenet"
-
-  def __init__(self, model: Any, info: Dict[str, Any], directory: str):
-    from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
-    self.model = model
-    self.info = info
-    self.directory = directory
-    self._generate = wavenet.generate_jit
-    c = model.config
-    self.speaker_ids = None
-    if c.speaker_source == "table":
-      slot = int(info.get("adapt", {}).get("speaker_slot", 0))
-      self.speaker_ids = np.asarray([slot], np.int32)
-
-  def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
-    """mel: float32 [T, M] -> float32 [T * hop] waveform."""
-    t = mel.shape[0]
-    hop = self.model.config.hop_length
-    padded = _round_up(t, FRAME_BUCKET)
-    # Zeros, as the upsampler's SAME convolution pads: the real frames'
-    # conditioning, and so every real sample, equals the unpadded run's.
-    mel = np.pad(mel, ((0, padded - t), (0, 0)))
-    spk = None if self.speaker_ids is None else jnp.asarray(self.speaker_ids)
-    audio = self._generate(self.model, jnp.asarray(mel)[None], key, spk)
-    return np.asarray(audio)[0, :t * hop]
-
-
-def _load_vocoder(vocoder: Union[None, str, PathLike], model_dir: str,
-                  mel_config: afeat.MelConfig):
-  """Picks the vocoder: an export path, 'griffin-lim', or auto (None)."""
-  if isinstance(vocoder, str) and vocoder == "griffin-lim":
-    return GriffinLimVocoder(mel_config)
-  if vocoder is None:
-    directory = _vocoder_dir_for(model_dir)
-    if directory is None:
-      return GriffinLimVocoder(mel_config)
-  else:
-    directory = os.path.abspath(os.fspath(vocoder))
-    if os.path.isfile(os.path.join(directory, "model", MODEL_FILE)):
-      directory = os.path.join(directory, "model")
-  model, _, info, _ = _export_module().load_exported(directory)
-  c = model.config
-  if getattr(c, "n_mels", None) != mel_config.n_mels or getattr(
-      c, "hop_length", None) != mel_config.hop_length:
-    raise ValueError(
-        f"Vocoder {directory} expects n_mels={c.n_mels}, hop_length="
-        f"{c.hop_length} but the acoustic model uses n_mels="
-        f"{mel_config.n_mels}, hop_length={mel_config.hop_length}; pass "
-        "vocoder='griffin-lim' or a vocoder trained on the same features.")
-  if c.speaker_source == "vector":
-    warnings.warn(
-        f"Vocoder {directory} needs an external speaker vector, which a "
-        "voice does not have; using Griffin-Lim instead.", UserWarning,
-        stacklevel=3)
-    return GriffinLimVocoder(mel_config)
-  return WaveNetVocoder(model, info, directory)
-
-
-# ----------------------------------------------------------------------------
-# Compiled functions, shared by every model with the same graph and protocol.
-
-# (graphdef, filter, optimizer, lr, per_step_lrs, zeroshot) -> times traced.
-ADAPT_TRACES: "collections.Counter" = collections.Counter()
-
-
-@functools.lru_cache(maxsize=16)
-def _adapt_function(graphdef, filter_name: str, optimizer_name: str,
-                    lr: float, per_step_lrs: bool, zeroshot: bool = False):
-  """Jitted ``(params, lrs, rest, batch, num_steps) -> (params, losses)``.
-
-  With ``zeroshot`` the params are ``{"acoustic", "speaker_vector"}`` and the
-  loss is the evaluation's (``tts.zeroshot_voice_loss_fn``).
-  """
-  key = (graphdef, filter_name, optimizer_name, lr, per_step_lrs, zeroshot)
-  predicate = functional.filter_for(filter_name)
-  inner_optimizer = OPTIMIZERS[optimizer_name](lr)
-
-  def adapt_fn(params, lrs, rest, batch, *, num_steps):
-    ADAPT_TRACES[key] += 1  # a Python side effect: runs only while tracing
-    if zeroshot:
-      loss_fn = _zeroshot_module().zeroshot_voice_loss_fn(graphdef, rest)
-    else:
-      loss_fn = functional.make_loss_fn(graphdef, rest)
-    return meta.adapt(params, batch, loss_fn,
-                      inner_optimizer=inner_optimizer, num_steps=num_steps,
-                      filter=predicate, lrs=lrs, per_step_lrs=per_step_lrs)
-
-  return jax.jit(adapt_fn, static_argnames=("num_steps",))
-
-
-@functools.lru_cache(maxsize=16)
-def _infer_function(graphdef, zeroshot: bool = False):
-  """Jitted Tacotron inference over a params pytree (``max_frames`` static).
-
-  With ``zeroshot`` the params are ``{"acoustic", "speaker_vector"}`` and the
-  vector conditions every utterance.
-  """
-
-  def infer_fn(params, rest, tokens, token_lengths, speaker_ids, seeds,
-               min_frames, *, max_frames, stop_threshold):
-    if zeroshot:
-      model, vectors = _zeroshot_module().zeroshot_voice_model(
-          graphdef, rest, params, tokens.shape[0])
-    else:
-      model, vectors = functional.merge(graphdef, params, rest), None
-    return model.infer(tokens, token_lengths, speaker_ids,
-                       max_frames=max_frames, seeds=seeds,
-                       speaker_vectors=vectors,
-                       stop_threshold=stop_threshold, min_frames=min_frames)
-
-  return jax.jit(infer_fn, static_argnames=("max_frames", "stop_threshold"))
-
-
-@functools.lru_cache(maxsize=8)
-def _encode_function(encoder_graphdef):
-  """Jitted ``(encoder_params, encoder_rest, mels, lengths) -> [D]``."""
-
-  def encode_fn(encoder_params, encoder_rest, mels, mel_lengths):
-    return _zeroshot_module().encode_speaker(
-        encoder_graphdef, encoder_rest, encoder_params, mels, mel_lengths)
-
-  return jax.jit(encode_fn)
-
-
-@functools.lru_cache(maxsize=8)
-def _griffin_lim_function(mel_config: afeat.MelConfig, n_iter: int):
-  return jax.jit(functools.partial(afeat.mel_to_audio, config=mel_config,
-                                   n_iter=n_iter))
-
-
-# ----------------------------------------------------------------------------
-# Clips.
-
-
-@dataclasses.dataclass(frozen=True)
-class Clip:
-  """One prepared adaptation clip."""
-
-  name: str
-  text: str
-  tokens: np.ndarray  # int32 [L]   symbol ids, EOS last
-  mel: np.ndarray  # float32 [T, M]  log-mel, as in the training features
-
-
-def _clip_name(wav: Any, index: int) -> str:
-  if isinstance(wav, (str, os.PathLike)):
-    return os.fspath(wav)
-  return f"clip {index} (array)"
-
-
-def _prepare_audio(wav: ClipLike, index: int, sample_rate: Optional[int],
-                   fc: dfeat.FeatureConfig, max_seconds: float) -> np.ndarray:
-  """Loads/checks/trims/normalizes a clip exactly like the feature cache."""
-  name = _clip_name(wav, index)
-  if isinstance(wav, (str, os.PathLike)):
-    try:
-      return aio.load_clip(
-          os.fspath(wav), fc.sample_rate, trim=fc.trim_top_db is not None,
-          top_db=fc.trim_top_db or 40.0, normalize=fc.target_dbfs is not None,
-          target_dbfs=fc.target_dbfs if fc.target_dbfs is not None else -20.0,
-          min_seconds=fc.min_seconds, max_seconds=max_seconds)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(
-          f"Clip {index} ({name}) does not exist; check the path.") from e
-    except aio.AudioError as e:
-      raise aio.AudioError(e.reason, f"Clip {index}: {e}") from e
-  audio = np.asarray(wav)
-  if audio.dtype.kind not in "fiu":
-    raise ValueError(
-        f"Clip {index} is a {type(wav).__name__} of dtype {audio.dtype}; pass a "
-        "file path or a float waveform array in [-1, 1].")
-  if audio.ndim == 2 and min(audio.shape) <= 8:  # [S, C] or [C, S]: downmix
-    audio = audio.mean(axis=int(np.argmin(audio.shape)))
-  if audio.ndim != 1:
-    raise ValueError(
-        f"Clip {index} has shape {audio.shape}; pass a mono waveform [S].")
-  if sample_rate is None:
-    raise ValueError(
-        f"Clip {index} is an array but sample_rate is not given; call "
-        "adapt(..., sample_rate=SR) with the arrays' sample rate.")
-  if audio.dtype.kind in "iu":
-    audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max)
-  audio = aio.resample(audio.astype(np.float32), int(sample_rate),
-                       fc.sample_rate)
-  if not np.all(np.isfinite(audio)):
-    raise ValueError(f"Clip {index} holds NaN or Inf samples; pass a clean "
-                     "float waveform.")
-  sr = fc.sample_rate
-  reason = aio.check_clip(audio, sr, min_seconds=0.0,
-                          max_seconds=float("inf"))
-  if reason is None and fc.trim_top_db is not None:
-    audio = aio.trim_silence(audio, sr, top_db=fc.trim_top_db)
-  if reason is None:
-    reason = aio.check_clip(audio, sr, min_seconds=fc.min_seconds,
-                            max_seconds=max_seconds)
-  if reason is not None:
-    raise aio.AudioError(
-        reason, f"Clip {index}: unusable clip {name} ({reason}, "
-        f"{audio.shape[0] / sr:.2f} s): {aio._FIXES[reason]}.")  # pylint: disable=protected-access
-  if fc.target_dbfs is not None:
-    audio = aio.normalize_loudness(audio, fc.target_dbfs)
-  return audio
-
-
-def _encode_text(text: Any, symbols: atext.SymbolSet, what: str) -> np.ndarray:
-  if not isinstance(text, str):
-    raise ValueError(f"{what}: the text is a {type(text).__name__}, not a "
-                     "string; pass the transcript as str.")
-  if not text.strip():
-    raise ValueError(f"{what}: the text is empty; give the words spoken.")
-  try:
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      ids = atext.text_to_ids(text, symbols)
-  except ValueError as e:
-    raise ValueError(f"{what}: {e}") from e
-  for w in caught:
-    warnings.warn(f"{what}: {w.message}", UserWarning, stacklevel=3)
-  return ids
 
 
 # ----------------------------------------------------------------------------
@@ -558,21 +267,21 @@ class TTS:
             f"n_mels={ec.n_mels}) does not fit the Tacotron "
             f"(external_speaker_dim={self.config.external_speaker_dim}, "
             f"n_mels={self.mel_config.n_mels}); re-export with "
-            "metatts.experiments.tts.export_zeroshot.")
+            "metatts.methods.zeroshot.export_zeroshot_model.")
       (self.encoder_graphdef, self.encoder_params,
        self.encoder_rest) = functional.split(encoder)
-      self._encode_jit = _encode_function(self.encoder_graphdef)
+      self._encode_jit = voice_lib.encode_function(self.encoder_graphdef)
     self._per_step_lrs = self._check_lrs()
-    self.vocoder = vocoder if vocoder is not None else GriffinLimVocoder(
-        self.mel_config)
+    self.vocoder = vocoder if vocoder is not None else (
+        vocoders.GriffinLimVocoder(self.mel_config))
     self.max_frames = min(self.config.max_frames,
                           self.feature_config.max_frames)
     self.max_tokens = min(self.config.max_tokens,
                           self.feature_config.max_tokens)
     self.hash = params_hash(self.params)
     self.base_model_dir = model_dir  # a loaded voice points at its origin
-    self._adapt_jit = _adapt_function(*self._adapt_key)
-    self._infer_jit = _infer_function(self.graphdef, self.zeroshot)
+    self._adapt_jit = voice_lib.adapt_function(*self._adapt_key)
+    self._infer_jit = voice_lib.infer_function(self.graphdef, self.zeroshot)
 
   # ---- protocol -----------------------------------------------------------
 
@@ -634,57 +343,10 @@ class TTS:
     Raises:
       ValueError, FileNotFoundError: naming the bad clip and the fix.
     """
-    if isinstance(wavs, (str, os.PathLike)) or (
-        isinstance(wavs, np.ndarray) and wavs.ndim != 2):
-      raise ValueError(
-          "wavs must be a list of clips (paths or arrays); wrap a single clip "
-          "as wavs=[clip], texts=[text].")
-    if isinstance(texts, str):
-      raise ValueError("texts must be a list of transcripts, one per clip; "
-                       "wrap a single one as texts=[text].")
-    wavs, texts = list(wavs), list(texts)
-    if len(wavs) != len(texts):
-      raise ValueError(
-          f"Got {len(wavs)} clips but {len(texts)} transcripts; pass exactly "
-          "one transcript per clip, in the same order.")
-    if not MIN_CLIPS <= len(wavs) <= MAX_CLIPS:
-      raise ValueError(
-          f"Got {len(wavs)} clips; few-shot adaptation takes {MIN_CLIPS} to "
-          f"{MAX_CLIPS} clips. " + (
-              "Give at least one clip with its transcript." if not wavs else
-              f"Pick the {MAX_CLIPS} best (clean, 2-10 s) clips."))
-    if names is not None and len(names) != len(wavs):
-      raise ValueError(f"names has {len(names)} entries for {len(wavs)} "
-                       "clips; give one name per clip or none.")
-    fc = self.feature_config
-    hop, sr = self.mel_config.hop_length, fc.sample_rate
-    max_seconds = (self.max_frames - 1) * hop / sr
-    clips = []
-    for i, (wav, text) in enumerate(zip(wavs, texts)):
-      name = names[i] if names is not None else _clip_name(wav, i)
-      tokens = _encode_text(text, self.symbols,
-                            f"Transcript of clip {i} ({name})")
-      if tokens.shape[0] > self.max_tokens:
-        raise ValueError(
-            f"Transcript of clip {i} ({name}) has {tokens.shape[0]} symbols, "
-            f"more than the model's max_tokens={self.max_tokens}; use a "
-            "shorter clip and transcript (one sentence).")
-      audio = _prepare_audio(wav, i, sample_rate, fc, max_seconds)
-      mel = dfeat.compute_log_mel(audio, self.mel_config)  # [T, M]
-      if mel.shape[0] > self.max_frames:
-        raise ValueError(
-            f"Clip {i} ({name}) gives {mel.shape[0]} frames, more than "
-            f"max_frames={self.max_frames}; split it into shorter clips.")
-      per_symbol = audio.shape[0] / sr / tokens.shape[0]
-      if not MIN_SEC_PER_SYMBOL <= per_symbol <= MAX_SEC_PER_SYMBOL:
-        raise ValueError(
-            f"Transcript of clip {i} ({name}) does not fit the audio: "
-            f"{audio.shape[0] / sr:.2f} s for {tokens.shape[0]} symbols "
-            f"({per_symbol:.3f} s per symbol, expected "
-            f"{MIN_SEC_PER_SYMBOL}-{MAX_SEC_PER_SYMBOL}). Check that the text "
-            "is the words spoken in this clip.")
-      clips.append(Clip(name, text, tokens, mel.astype(np.float32)))
-    return clips
+    return clips_lib.prepare_clips(
+        wavs, texts, feature_config=self.feature_config,
+        symbols=self.symbols, max_tokens=self.max_tokens,
+        max_frames=self.max_frames, sample_rate=sample_rate, names=names)
 
   def make_batch(self, clips: Sequence[Clip],
                  seed: Optional[int] = None) -> TTSBatch:
@@ -701,29 +363,10 @@ class TTS:
       ``speaker_ids`` all equal to the new-voice slot; ``L_b`` and ``T_b`` are
       the longest clip rounded up to ``TOKEN_BUCKET`` / ``FRAME_BUCKET``.
     """
-    k = len(clips)
-    lb = _bucket(max(c.tokens.shape[0] for c in clips), TOKEN_BUCKET,
-                 self.config.max_tokens)
-    tb = _bucket(max(c.mel.shape[0] for c in clips), FRAME_BUCKET,
-                 self.config.max_frames)
-    m = self.config.num_mels
-    tokens = np.zeros((k, lb), np.int32)
-    mels = np.zeros((k, tb, m), np.float32)
-    for i, c in enumerate(clips):
-      tokens[i, :c.tokens.shape[0]] = c.tokens
-      mels[i, :c.mel.shape[0]] = c.mel
-    seeds = None
-    if seed is not None:
-      seeds = jnp.asarray(np.random.default_rng(seed).integers(
-          0, 2**32 - 1, size=k, dtype=np.uint32))
-    return TTSBatch(
-        tokens=jnp.asarray(tokens),
-        token_lengths=jnp.asarray([c.tokens.shape[0] for c in clips],
-                                  jnp.int32),
-        mels=jnp.asarray(mels),
-        mel_lengths=jnp.asarray([c.mel.shape[0] for c in clips], jnp.int32),
-        speaker_ids=jnp.full((k,), self.speaker_slot, jnp.int32),
-        seeds=seeds)
+    return clips_lib.make_batch(
+        clips, speaker_slot=self.speaker_slot,
+        max_tokens=self.config.max_tokens, max_frames=self.config.max_frames,
+        num_mels=self.config.num_mels, seed=seed)
 
   # ---- adaptation ---------------------------------------------------------
 
@@ -739,8 +382,8 @@ class TTS:
     the speaker-table row ``self.speaker_slot``. For a zeroshot model
     (``self.zeroshot``) the voice starts from the speaker encoder's mean
     vector of the clips (:meth:`speaker_vector`) and the same loop adapts
-    ``{"acoustic", "speaker_vector"}`` exactly like the evaluation's
-    ``ZeroShotAdapter``; ``steps=0`` is zero-shot cloning. With learned
+    ``{"acoustic", "speaker_vector"}`` (``metatts.voice.adapt``, what the
+    evaluation runs too); ``steps=0`` is zero-shot cloning. With learned
     inner rates (Meta-SGD, Li et al. 2017) the step is
     ``theta - alpha * g`` with the learned ``alpha`` replacing the
     optimizer's rate, as in meta-training.
@@ -777,13 +420,9 @@ class TTS:
                        f"{MAX_STEPS}] (typical: 5-100).")
     clips = self.prepare_clips(wavs, texts, sample_rate, names)
     batch = self.make_batch(clips, seed)
-    start = self.params
-    if self.zeroshot:
-      start = {"acoustic": self.params,
-               "speaker_vector": self.speaker_vector(batch)}
-    params, losses = self._adapt_jit(start, self.lrs, self.rest, batch,
-                                     num_steps=int(steps))
-    losses = np.asarray(losses, np.float32)
+    adapted = voice_lib.adapt(self, voice_lib.start(self, batch), batch,
+                              [int(steps)])
+    params, losses = adapted.params[int(steps)], adapted.losses[int(steps)]
     if not np.all(np.isfinite(losses)):
       raise FloatingPointError(
           f"Adaptation diverged (support losses {losses.tolist()}); use fewer "
@@ -806,8 +445,7 @@ class TTS:
       batch: support clips from :meth:`make_batch` (``mels`` [K, T, M]).
 
     Returns:
-      float32 [D] (``metatts.experiments.tts.encode_speaker``, the vector
-      ``ZeroShotAdapter.start`` computes for the evaluation).
+      float32 [D] (``metatts.voice.encode_speaker``).
 
     Raises:
       ValueError: not a zeroshot model, or its speaker encoder was not loaded
@@ -868,78 +506,15 @@ class TTS:
     Raises:
       ValueError: not a string, empty, or nothing speakable in it.
     """
-    if not isinstance(text, str):
-      raise ValueError(f"Text to speak is a {type(text).__name__}; pass a "
-                       "str.")
-    if not text.strip():
-      raise ValueError("Text to speak is empty; pass at least one word.")
-    sentences = [s for s in re.split(r"(?<=[.!?;:])\s+", text.strip()) if s]
-    chunks = []
-    for sentence in sentences:
-      pieces = [sentence]
-      while pieces:
-        piece = pieces.pop(0)
-        if not re.search(r"[A-Za-z0-9]", atext.normalize_text(piece)):
-          continue  # punctuation only
-        ids = _encode_text(piece, self.symbols, "Text to speak")
-        if ids.shape[0] <= self.max_tokens:
-          chunks.append(ids)
-          continue
-        words = piece.split()
-        if len(words) < 2:
-          raise ValueError(
-              f"Text to speak has a word of {ids.shape[0]} symbols, more "
-              f"than max_tokens={self.max_tokens}; split it.")
-        half = len(words) // 2
-        pieces[:0] = [" ".join(words[:half]), " ".join(words[half:])]
-    if not chunks:
-      raise ValueError(
-          f"Text to speak {text!r} has nothing speakable in the "
-          f"{self.symbols.name} set (after normalization); write it in "
-          "English letters, digits and punctuation.")
-    return chunks
+    return voice_lib.split_text(text, self.symbols, self.max_tokens)
 
   def synthesize(self, params: Any, speaker_slot: int, text: str,
                  seed: int = 0, return_mel: bool = False):
     """Text -> waveform with given parameters (see :meth:`Voice.synthesize`)."""
-    fc = self.feature_config
-    sr, hop = fc.sample_rate, self.mel_config.hop_length
-    chunks = self.split_text(text)
-    pause = np.zeros(int(SENTENCE_PAUSE_SECONDS * sr), np.float32)
-    pieces, mels = [], []
-    for i, ids in enumerate(chunks):
-      lb = _bucket(ids.shape[0], TOKEN_BUCKET, self.config.max_tokens)
-      tokens = np.zeros((1, lb), np.int32)
-      tokens[0, :ids.shape[0]] = ids
-      budget = int(SYNTH_SEC_PER_SYMBOL * lb * sr / hop)
-      max_frames = min(self.config.max_frames,
-                       _round_up(budget, FRAME_BUCKET))
-      seeds = np.asarray([(seed * 1000003 + i) % 2**32], np.uint32)
-      # A stop before the text can have been said is ignored (one rule with
-      # the evaluation, see tacotron.min_synthesis_frames).
-      min_frames = tacotron.min_synthesis_frames([ids.shape[0]], sr, hop,
-                                                 max_frames)
-      out = self._infer_jit(
-          params, self.rest, jnp.asarray(tokens),
-          jnp.asarray([ids.shape[0]], jnp.int32),
-          jnp.asarray([speaker_slot], jnp.int32), jnp.asarray(seeds),
-          jnp.asarray(min_frames), max_frames=max_frames, stop_threshold=0.5)
-      length = int(out.lengths[0])
-      mel = np.asarray(out.mel[0, :length], np.float32)  # [T, M]
-      key = jax.random.fold_in(jax.random.key(seed), i)
-      audio = np.asarray(self.vocoder(mel, key), np.float32)
-      if i:
-        pieces.append(pause)
-      pieces.append(audio)
-      mels.append(mel)
-    audio = np.concatenate(pieces).astype(np.float32)
-    audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    if peak > PEAK_LIMIT:  # keep it playable: scale down, never clip
-      audio = audio * np.float32(PEAK_LIMIT / peak)
+    speech = voice_lib.synthesize(self, params, speaker_slot, text, seed)
     if return_mel:
-      return audio, sr, np.concatenate(mels, 0)
-    return audio, sr
+      return speech.audio, speech.sample_rate, speech.mel
+    return speech.audio, speech.sample_rate
 
 
 # ----------------------------------------------------------------------------
@@ -1044,7 +619,7 @@ class Voice:
         extra=tts.lrs,
         info={k: v for k, v in info.items() if k not in standard})
     voc = tts.vocoder
-    if isinstance(voc, WaveNetVocoder):
+    if isinstance(voc, vocoders.WaveNetVocoder):
       shutil.copytree(voc.directory, os.path.join(directory, "vocoder",
                                                   "model"))
     record = {
@@ -1063,18 +638,20 @@ class Voice:
     return directory
 
 
-def load(path: PathLike, vocoder: Union[None, str, PathLike] = None) -> TTS:
+def load(path: PathLike, vocoder: Union[None, str, PathLike, Any] = None
+         ) -> TTS:
   """Loads a trained model for few-shot adaptation.
 
   A ``zeroshot`` export (``model.json`` with ``speaker_encoder_config``) is
-  loaded with its speaker encoder (``metatts.experiments.tts
+  loaded with its speaker encoder (``metatts.methods.zeroshot
   .load_zeroshot``); ``tts.zeroshot`` is then True.
 
   Args:
     path: a training ``WORKDIR`` (its primary method), ``WORKDIR/<method>``
       or ``WORKDIR/<method>/model``.
     vocoder: None (``WORKDIR/vocoder/model`` if exported, else Griffin-Lim),
-      'griffin-lim', or a vocoder export directory.
+      'griffin-lim', a vocoder export directory, or a vocoder object (e.g.
+      ``metatts.vocoders.GriffinLimVocoder(mel_config, n_iter=8)``).
 
   Returns:
     A :class:`TTS`.
@@ -1085,10 +662,12 @@ def load(path: PathLike, vocoder: Union[None, str, PathLike] = None) -> TTS:
   """
   model_dir = resolve_model_dir(path)
   head = _export_module().read_model_json(model_dir)
-  if head.get("model", "tacotron") != "tacotron":
+  fields = head.get("model_config", {})
+  if not ("num_symbols" in fields and "num_mels" in fields):
+    # Not a text -> mel model (e.g. the vocoder's export).
     raise ValueError(
         f"{model_dir} holds a {head.get('model')!r} model; metatts.load needs "
-        "an acoustic (tacotron) export such as WORKDIR/<method>/model.")
+        "an acoustic (text -> mel) export such as WORKDIR/<method>/model.")
   encoder = None
   if "speaker_encoder_config" in head:
     model, encoder, params, info = _zeroshot_module().load_zeroshot(model_dir)
@@ -1096,7 +675,7 @@ def load(path: PathLike, vocoder: Union[None, str, PathLike] = None) -> TTS:
   else:
     model, params, info, extra = _export_module().load_exported(model_dir)
   fc = dfeat.FeatureConfig.from_config(info["feature_config"])
-  voc = _load_vocoder(vocoder, model_dir, fc.mel_config())
+  voc = vocoders.load_vocoder(vocoder, model_dir, fc.mel_config())
   return TTS(model, params, info, extra, model_dir, voc, encoder=encoder)
 
 
@@ -1137,7 +716,7 @@ def load_voice(directory: PathLike,
   fc = dfeat.FeatureConfig.from_config(info["feature_config"])
   if vocoder is None and record.get("vocoder") == "griffin-lim":
     vocoder = "griffin-lim"
-  voc = _load_vocoder(vocoder, directory, fc.mel_config())
+  voc = vocoders.load_vocoder(vocoder, directory, fc.mel_config())
   tts = TTS(model, params, info, extra, directory, voc)
   tts.hash = record.get("base_model_hash", tts.hash)
   tts.base_model_dir = record.get("base_model", directory)

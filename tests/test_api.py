@@ -175,29 +175,27 @@ def test_adapt_losses_match_model_loss_and_decrease(tts, clips, voice,
   assert voice.info["steps"] == steps and voice.speaker_slot == 3
 
 
-def test_api_adapt_is_the_evaluation_protocol_with_adam(tts, clips, voice):
-  """``TTS.adapt`` and the evaluation's ``Adapter.curve`` run the same steps.
+def test_adam_runs_every_step_count_uninterrupted(tts, clips, voice):
+  """``voice.adapt`` (what ``TTS.adapt`` and the evaluation run) with Adam.
 
-  With Adam (this export's protocol) 6 steps must be one uninterrupted run:
-  restarting the optimizer after ``CHUNK`` = 5 steps (what the evaluation
-  once did) gives other parameters, which the last assertion shows.
+  With Adam (this export's protocol) 6 steps must be one uninterrupted run,
+  also when 6 is a snapshot of a curve: restarting the optimizer after
+  ``CHUNK`` = 5 steps (what the evaluation once did) gives other
+  parameters, which the last assertion shows.
   """
-  from metatts.experiments import adaptation  # pylint: disable=g-import-not-at-top
+  from metatts import voice as voice_lib  # pylint: disable=g-import-not-at-top
   batch = tts.make_batch(tts.prepare_clips(clips, TEXTS, SR), seed=0)
-  protocol = adaptation.Protocol("speaker+decoder", "adam", 3e-3, (0, 6),
-                                 (5,), 1, 0, 3)
-  adapter = adaptation.Adapter(tts.graphdef, tts.rest, protocol,
-                               FEATURES.mel_config(), 64, 200, 64,
-                               tts.config.reduction_factor, 2)
-  out, losses = adapter.curve(tts.params, batch)
-  for a, b in zip(jax.tree_util.tree_leaves(out[6]),
+  curve = voice_lib.adapt(tts, tts.params, batch, (0, 5, 6))
+  for a, b in zip(jax.tree_util.tree_leaves(curve.params[6]),
                   jax.tree_util.tree_leaves(voice.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                               atol=1e-7)
-  np.testing.assert_allclose(losses[6], voice.losses[-1], rtol=1e-5)
-  assert adaptation.CHUNK < 6
-  restarted, _ = adapter._chunk(tts.params, batch, None, adaptation.CHUNK)  # pylint: disable=protected-access
-  restarted, _ = adapter._chunk(restarted, batch, None, 6 - adaptation.CHUNK)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(curve.losses[6], voice.losses)
+  np.testing.assert_array_equal(curve.losses[0], voice.losses[:1])
+  assert voice_lib.CHUNK < 6
+  restarted, _ = tts._adapt_jit(tts.params, None, tts.rest, batch,  # pylint: disable=protected-access
+                                num_steps=voice_lib.CHUNK)
+  restarted, _ = tts._adapt_jit(restarted, None, tts.rest, batch,  # pylint: disable=protected-access
+                                num_steps=6 - voice_lib.CHUNK)
   gap = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
             for a, b in zip(jax.tree_util.tree_leaves(restarted),
                             jax.tree_util.tree_leaves(voice.params)))
@@ -293,13 +291,11 @@ def test_api_and_evaluation_share_the_synthesis_length_rule(tmp_path):
   """A model that predicts "stop" at once speaks min_frames + 1 frames.
 
   The rule (``tacotron.min_synthesis_frames``: 0.02 s per symbol, here 2
-  frames per symbol at 8 kHz / hop 80) is the same in ``TTS.synthesize`` and
-  in the evaluation's ``Adapter.synthesize``; the reference is the old
+  frames per symbol at 8 kHz / hop 80) is ``metatts.voice.synthesize``'s,
+  which the evaluation runs too; the reference is the old
   two-pass cut: decode without stopping (threshold 2.0) and cut at the first
   stop probability > 0.5 at or after min_frames.
   """
-  import types  # pylint: disable=g-import-not-at-top
-  from metatts.experiments import adaptation  # pylint: disable=g-import-not-at-top
   from metatts.models import tacotron  # pylint: disable=g-import-not-at-top
   config, params = random_params(2)
   params["decoder"]["stop_proj"]["bias"] = np.full_like(
@@ -333,17 +329,6 @@ def test_api_and_evaluation_share_the_synthesis_length_rule(tmp_path):
   # Two texts of one token bucket but different min_frames: one compilation
   # (the cache is shared with other models of this graph: count the growth).
   assert compiled[1] == compiled[0]
-  # The evaluation's synthesis of the same texts.
-  protocol = adaptation.Protocol("speaker+decoder", "sgd", 0.01, (0,), (1,),
-                                 2, 0, 3)
-  adapter = adaptation.Adapter(tts.graphdef, tts.rest, protocol,
-                               FEATURES.mel_config(), 32, 64, 64,
-                               config.reduction_factor, 2)
-  examples = [types.SimpleNamespace(
-      tokens=tts.split_text(t)[0], mel=np.zeros((4, 20), np.float32),
-      audio_path=t) for t in texts]
-  _, _, eval_lengths = adapter.synthesize(params, examples, 0)
-  assert eval_lengths.tolist() == [lengths[t] for t in texts]
 
 
 def test_save_and_load_voice_synthesize_identically(voice, tmp_path):

@@ -2,12 +2,13 @@
 
 A zeroshot export is a Tacotron without speaker table, conditioned on an
 external vector, plus the speaker encoder that makes the vector from clips
-(``metatts.experiments.tts.export_zeroshot``). Here both are tiny and random
-(8 kHz, 20 mel bins; see ``test_api``). The checks compare the API with
-independent computations and with the evaluation's own protocol
-(``ZeroShotAdapter``): the 0-step vector against the encoder run eagerly
-and averaged by hand, the adapted parameters against ``ZeroShotAdapter.curve``
-on the same batch, and the saved voice against the original, bit for bit.
+(``metatts.methods.zeroshot.export_zeroshot_model``). Here both are tiny and
+random (8 kHz, 20 mel bins; see ``test_api``). The checks compare the API with
+independent computations and with the evaluation's path
+(``metatts.voice.adapt_and_synthesize``): the 0-step vector against the
+encoder run eagerly and averaged by hand, the adapted parameters against
+``metatts.meta.adapt`` on a hand-written loss, the evaluation's audio
+against the API's, and the saved voice against the original, bit for bit.
 """
 
 import json
@@ -24,8 +25,9 @@ import soundfile as sf
 from metatts import __main__ as cli
 from metatts import api
 from metatts import functional
-from metatts.experiments import adaptation
-from metatts.experiments import tts as tts_exp
+from metatts import meta
+from metatts import voice as voice_lib
+from metatts.methods import zeroshot
 from metatts.models import speaker_encoder
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -52,7 +54,7 @@ def make_zeroshot_export(directory, seed=0, stop_bias=None):
   _, eparams, _ = functional.split(
       speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(seed + 1)))
   params = {"acoustic": acoustic, "speaker_encoder": eparams}
-  path = tts_exp.export_zeroshot_model(
+  path = zeroshot.export_zeroshot_model(
       os.path.join(directory, "zeroshot", "model"), model_config=config,
       encoder_config=ecfg, params=params, feature_config=FEATURES,
       symbols="characters", speakers=["s0", "s1", "s2"], adapt=ADAPT,
@@ -89,18 +91,6 @@ def voice(tts, clips):
   return tts.adapt(clips, TEXTS[:K], steps=STEPS, sample_rate=SR)
 
 
-@pytest.fixture(scope="module")
-def adapter(tts):
-  """The evaluation's protocol for the same export."""
-  protocol = adaptation.Protocol(ADAPT["filter"], ADAPT["optimizer"],
-                                 ADAPT["lr"], (0, STEPS), (K,), 1, 0,
-                                 ADAPT["speaker_slot"])
-  return tts_exp.ZeroShotAdapter(
-      tts.graphdef, tts.rest, tts.encoder_graphdef, tts.encoder_rest,
-      protocol, FEATURES.mel_config(), 32, 128, 64,
-      tts.config.reduction_factor, 2)
-
-
 def test_load_finds_the_zeroshot_export_and_its_encoder(export, tts):
   for path in (export.workdir, os.path.join(export.workdir, "zeroshot"),
                export.path):
@@ -115,7 +105,7 @@ def test_load_finds_the_zeroshot_export_and_its_encoder(export, tts):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_zero_steps_is_the_encoders_mean_vector(tts, clips, batch, adapter):
+def test_zero_steps_is_the_encoders_mean_vector(tts, clips, batch):
   v0 = tts.adapt(clips, TEXTS[:K], steps=0, sample_rate=SR)
   assert v0.losses.shape == (1,) and v0.info["zeroshot"]
   for a, b in zip(jax.tree_util.tree_leaves(tts.params),
@@ -132,29 +122,43 @@ def test_zero_steps_is_the_encoders_mean_vector(tts, clips, batch, adapter):
                               batch.mel_lengths), np.float64)
   want = e.mean(0) / np.linalg.norm(e.mean(0))
   np.testing.assert_allclose(v0.speaker_vector, want, rtol=1e-5, atol=1e-6)
-  # The evaluation's start on the same padded batch: the same numbers.
-  start = adapter.start({"acoustic": tts.params,
-                         "speaker_encoder": tts.encoder_params}, batch)
-  np.testing.assert_allclose(v0.speaker_vector,
-                             np.asarray(start["speaker_vector"]),
-                             rtol=1e-6, atol=1e-7)
 
 
-def test_steps_are_the_evaluation_protocol(tts, voice, batch, adapter):
-  curve, losses = adapter.curve({"acoustic": tts.params,
-                                 "speaker_encoder": tts.encoder_params},
-                                batch)
-  want = curve[STEPS]
+def test_steps_adapt_the_vector_with_the_exported_protocol(tts, voice,
+                                                          batch):
+  """``TTS.adapt`` against ``meta.adapt`` on a hand-written loss."""
+  v0 = voice_lib.start(tts, batch)
+
+  def loss_fn(params, b):
+    model = functional.merge(tts.graphdef, params["acoustic"], tts.rest)
+    vectors = jnp.broadcast_to(params["speaker_vector"],
+                               (b.tokens.shape[0], DIM))
+    return model.loss(b, speaker_vectors=vectors)
+
+  want, losses = jax.jit(lambda p, b: meta.adapt(
+      p, b, loss_fn, inner_optimizer=voice_lib.OPTIMIZERS[ADAPT["optimizer"]](
+          ADAPT["lr"]), num_steps=STEPS,
+      filter=functional.filter_for(ADAPT["filter"])))(v0, batch)
   assert set(want) == {"acoustic", "speaker_vector"}
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want),
                           jax.tree_util.tree_leaves(voice.params)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
                                atol=1e-6, err_msg=jax.tree_util.keystr(path))
-  np.testing.assert_allclose(voice.losses[-1], losses[STEPS], rtol=1e-5)
+  np.testing.assert_allclose(voice.losses, np.asarray(losses), rtol=1e-5)
   assert voice.losses.shape == (STEPS + 1,)
   assert voice.losses[-1] < voice.losses[0]
   # The vector is adapted (filter group "speaker"), the encoder is not used.
-  assert not np.allclose(voice.speaker_vector, curve[0]["speaker_vector"])
+  assert not np.allclose(voice.speaker_vector, v0["speaker_vector"])
+
+
+def test_evaluation_path_gives_the_api_audio(tts, clips, voice):
+  """The evaluation's call on the prepared clips = adapt + synthesize."""
+  text = "Hello there."
+  speech, adapted = voice_lib.adapt_and_synthesize(
+      tts, tts.prepare_clips(clips, TEXTS[:K], SR), [text], (0, STEPS))
+  np.testing.assert_array_equal(adapted.losses[STEPS], voice.losses)
+  audio, _ = voice.synthesize(text)
+  np.testing.assert_array_equal(speech[STEPS][0].audio, audio)
 
 
 def test_adapt_does_not_recompile_for_other_clips(tts, voice):
@@ -212,8 +216,8 @@ def test_voice_without_clips_is_refused(tts):
     tts.voice(0)
 
 
-def test_evaluation_synthesis_uses_the_api_length_rule(tmp_path, clips):
-  """A model that stops at once: both speak min_frames + 1 frames."""
+def test_synthesis_uses_the_length_rule(tmp_path, clips):
+  """A model that stops at once speaks min_frames + 1 frames."""
   path, params = make_zeroshot_export(str(tmp_path / "stop"), seed=2,
                                       stop_bias=50.0)
   tts = api.load(path)
@@ -222,17 +226,6 @@ def test_evaluation_synthesis_uses_the_api_length_rule(tmp_path, clips):
   lengths = [voice.synthesize(t, return_mel=True)[2].shape[0] for t in texts]
   # 0.02 s per symbol = 2 frames per symbol at 8 kHz / hop 80.
   assert lengths == [2 * len(tts.split_text(t)[0]) + 1 for t in texts]
-  protocol = adaptation.Protocol(ADAPT["filter"], "sgd", 0.01, (0,), (1,),
-                                 1, 0, 3)
-  adapter = tts_exp.ZeroShotAdapter(
-      tts.graphdef, tts.rest, tts.encoder_graphdef, tts.encoder_rest,
-      protocol, FEATURES.mel_config(), 32, 128, 64,
-      tts.config.reduction_factor, 2)
-  examples = [types.SimpleNamespace(
-      tokens=tts.split_text(t)[0], mel=np.zeros((4, 20), np.float32),
-      audio_path=t) for t in texts]
-  _, _, eval_lengths = adapter.synthesize(voice.params, examples, 3)
-  assert eval_lengths.tolist() == lengths
   del params
 
 

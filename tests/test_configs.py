@@ -319,7 +319,7 @@ def shrink_to_smoke(c, tmp, vocoder=True):
             "log_every", "checkpoint_every"):
     c.train[k] = smoke.train[k]
   for k in ("steps", "shots", "num_eval", "max_speakers",
-            "griffin_lim_iters", "synth_frames_factor"):
+            "griffin_lim_iters"):
     c.adapt[k] = smoke.adapt[k]
   c.eval.enabled = False
   c.vocoder = copy.deepcopy(smoke.vocoder)

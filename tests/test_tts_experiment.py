@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import pytest
 
+from metatts import clips
 from metatts.experiments import adaptation
 from metatts.experiments import tts
 
@@ -117,6 +118,51 @@ def test_smoke_run_layout_export_and_protocol(smoke):
 
 
 @pytest.mark.slow
+def test_evaluation_audio_is_what_the_api_gives(smoke, tmp_path):
+  """The evaluation's samples are ``metatts.load(...).adapt(...)
+  .synthesize(...)`` on the same clips, seed and steps, sample for sample."""
+  import metatts  # pylint: disable=g-import-not-at-top
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  from metatts import vocoders  # pylint: disable=g-import-not-at-top
+  from metatts import voice  # pylint: disable=g-import-not-at-top
+  from metatts.audio import io as aio  # pylint: disable=g-import-not-at-top
+  c, w = smoke.config, smoke.workdir
+  data = tts.prepare_data(c, progress=False)
+  examples = {e.utt_id: e for split in data.heldout.values()
+              for exs in split.values() for e in exs}
+  protocol = json.load(open(os.path.join(w, "samples", "protocol.json")))
+  checked = 0
+  for method in ("meta-fomaml", "scratch"):
+    model = metatts.load(os.path.join(w, method), vocoder=(
+        vocoders.GriffinLimVocoder(data.feature_config.mel_config(),
+                                   int(c.adapt.griffin_lim_iters))))
+    for spk, rec in sorted(protocol[method]["speakers"].items()):
+      k = max(rec["shots"], key=int)
+      support = [examples[u] for u in rec["shots"][k]["support"]]
+      evaluation = [examples[u] for u in rec["evaluation"]]
+      eval_clips = [clips.from_example(e) for e in support]
+      speech, _ = voice.adapt_and_synthesize(
+          model, eval_clips, [e.text for e in evaluation],
+          tuple(c.adapt.steps))
+      for s in c.adapt.steps:
+        v = model.adapt([e.audio_path for e in support],
+                        [e.text for e in support], steps=int(s))
+        for e, want in zip(evaluation, speech[s]):
+          audio, sr = v.synthesize(e.text)
+          # The same floats as the evaluation's path on its cached clips...
+          np.testing.assert_array_equal(audio, want.audio)
+          # ...and the same samples as the file the evaluation judged.
+          path = str(tmp_path / f"{method}_{spk}_{s}.wav")
+          aio.save_wav(path, audio, sr)
+          judged = os.path.join(w, "samples", method, f"shots_{k}",
+                                f"steps_{s}", spk, e.utt_id + ".wav")
+          np.testing.assert_array_equal(sf.read(path, dtype="int16")[0],
+                                        sf.read(judged, dtype="int16")[0])
+          checked += 1
+  assert checked >= 2 * 2 * len(c.adapt.steps)
+
+
+@pytest.mark.slow
 def test_kill9_resume_equals_uninterrupted(smoke):
   """SIGKILL after the first checkpoint; the restart ends identically."""
   workdir = os.path.join(smoke.tmp, "killed")
@@ -203,16 +249,23 @@ def test_select_clips_is_deterministic_disjoint_and_nested():
           != [e.utt_id for e in sel[1].support])
 
 
-def test_pad_batch_fixed_shape_and_limits():
-  exs = _examples("a", 2)
-  b = adaptation.pad_batch(exs, max_tokens=8, max_frames=16, speaker_id=7)
-  assert b.tokens.shape == (2, 8) and b.mels.shape == (2, 16, 4)
-  np.testing.assert_array_equal(b.mel_lengths, [10, 11])
-  np.testing.assert_array_equal(b.speaker_ids, [7, 7])
-  np.testing.assert_array_equal(b.mels[1, :11], exs[1].mel)
-  assert not b.mels[0, 10:].any()
-  with pytest.raises(ValueError, match="max_frames"):
-    adaptation.pad_batch(exs, max_tokens=8, max_frames=10, speaker_id=0)
+def test_support_batch_of_cached_examples_is_bucketed():
+  exs = _examples("a", 2)  # 5 tokens, 10 and 11 frames, 4 mels
+  batch = clips.make_batch([clips.from_example(e) for e in exs],
+                           speaker_slot=7, max_tokens=64, max_frames=300,
+                           num_mels=4)
+  assert batch.tokens.shape == (2, clips.TOKEN_BUCKET)
+  assert batch.mels.shape == (2, clips.FRAME_BUCKET, 4)
+  np.testing.assert_array_equal(batch.mel_lengths, [10, 11])
+  np.testing.assert_array_equal(batch.speaker_ids, [7, 7])
+  np.testing.assert_array_equal(batch.mels[1, :11], exs[1].mel)
+  assert not np.asarray(batch.mels[0, 10:]).any()
+  assert batch.seeds is None  # the model's fixed masks, as TTS.adapt
+  # The bucket never passes the model's limit (nor cuts a clip).
+  capped = clips.make_batch([clips.from_example(e) for e in exs],
+                            speaker_slot=0, max_tokens=8, max_frames=16,
+                            num_mels=4)
+  assert capped.tokens.shape == (2, 8) and capped.mels.shape == (2, 16, 4)
 
 
 def test_protocol_from_config_validates():

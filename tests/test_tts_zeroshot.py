@@ -22,9 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metatts import clips
 from metatts import functional
+from metatts import methods
+from metatts import voice
 from metatts.experiments import adaptation
 from metatts.experiments import tts
+from metatts.methods import zeroshot
 
 from tts_smoke import smoke_config
 
@@ -42,12 +46,11 @@ def zs(tmp_path_factory):
   tmp = str(tmp_path_factory.mktemp("zeroshot"))
   config = _smoke_config(tmp)
   data = tts.prepare_data(config, progress=False)
-  graphdef, rest, egd, erest, params0 = tts.build_zeroshot(
-      config, data, int(config.seed))
   workdir = os.path.join(tmp, "run")
-  trained = tts.train_method("zeroshot", config, data, None, None, None,
-                             workdir)
-  loss_fn = tts.ZeroShotLoss(graphdef, rest, egd, erest)
+  ctx = tts.context(config, data, workdir)
+  graphdef, rest, egd, erest, params0 = zeroshot.build(ctx, int(config.seed))
+  trained = methods.get("zeroshot").train(ctx)
+  loss_fn = zeroshot.ZeroShotLoss(graphdef, rest, egd, erest)
   task = next(tts.task_factory(data, config, None)(np.array([0, 0]), 0))
   batch = jax.tree.map(lambda x: jnp.asarray(x[0]), task.support)
   return types.SimpleNamespace(config=config, data=data, graphdef=graphdef,
@@ -108,21 +111,21 @@ def test_adaptation_starts_from_the_encoder_vector_and_writes_samples(zs):
   fits = lambda e: len(e.tokens) <= lim_t and e.mel.shape[0] <= lim_f  # noqa: E731
   speakers = adaptation.select_clips(data.heldout, protocol, 2, fits)
   assert speakers
-  adapter = tts.ZeroShotAdapter(
-      zs.graphdef, zs.rest, zs.egd, zs.erest, protocol,
-      data.feature_config.mel_config(), lim_t, lim_f, 64,
-      int(c.model.reduction_factor), 4)
-  params = zs.trained["params"]
+  model = adaptation.load_model(
+      os.path.join(zs.workdir, "zeroshot", "model"), 4)
+  assert model.zeroshot and model.speaker_slot == slot
   sc = speakers[0]
   other = [e for e in data.train[data.speakers[0]] if fits(e)]
 
   def support(exs):
-    return jax.tree.map(jnp.asarray, adaptation.pad_batch(
-        exs, lim_t, lim_f, slot))
+    return model.make_batch([clips.from_example(e) for e in exs])
 
   sup_a, sup_b = support(sc.support[:1]), support(other[:1])
-  curve_a, _ = adapter.curve(params, sup_a)
-  curve_b, _ = adapter.curve(params, sup_b)
+  curve_a = voice.adapt(model, voice.start(model, sup_a), sup_a,
+                        protocol.steps).params
+  curve_b = voice.adapt(model, voice.start(model, sup_b), sup_b,
+                        protocol.steps).params
+  params = zs.trained["params"]
   enc = functional.merge(zs.egd, params["speaker_encoder"], zs.erest)
   from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
   want = speaker_encoder.speaker_vector(enc, sup_a.mels, sup_a.mel_lengths)
@@ -130,17 +133,14 @@ def test_adaptation_starts_from_the_encoder_vector_and_writes_samples(zs):
                              np.asarray(want), rtol=1e-5, atol=1e-6)
   assert not np.allclose(curve_a[0]["speaker_vector"],
                          curve_b[0]["speaker_vector"])
-  # Two support sets of one shape: one compilation each.
-  assert adapter._encode._cache_size() == 1  # pylint: disable=protected-access
-  assert adapter._chunk._cache_size() == 1  # pylint: disable=protected-access
-  toks = adaptation.pad_batch(sc.evaluation, lim_t, lim_f, slot)
-  mel_a = np.asarray(adapter._infer(curve_a[0], toks.tokens,  # pylint: disable=protected-access
-                                    toks.token_lengths,
-                                    toks.speaker_ids).mel)
-  mel_b = np.asarray(adapter._infer(curve_b[0], toks.tokens,  # pylint: disable=protected-access
-                                    toks.token_lengths,
-                                    toks.speaker_ids).mel)
-  assert np.max(np.abs(mel_a - mel_b)) > 1e-6
+  # One compilation per support shape.
+  shapes = {sup_a.mels.shape, sup_b.mels.shape}
+  assert model._encode_jit._cache_size() == len(shapes)  # pylint: disable=protected-access
+  text = sc.evaluation[0].text
+  mel_a = voice.synthesize(model, curve_a[0], slot, text).mel
+  mel_b = voice.synthesize(model, curve_b[0], slot, text).mel
+  assert (mel_a.shape != mel_b.shape or
+          np.max(np.abs(mel_a - mel_b)) > 1e-6)
   # S > 0 steps move the vector (filter speaker+decoder) from its start.
   s = max(protocol.steps)
   assert s > 0
@@ -148,8 +148,8 @@ def test_adaptation_starts_from_the_encoder_vector_and_writes_samples(zs):
                          curve_a[0]["speaker_vector"])
   # Samples in the shared layout.
   samples = os.path.join(zs.workdir, "samples")
-  adaptation.run_method(adapter, "zeroshot", params, speakers[:1], samples,
-                        data.feature_config.sample_rate, progress=False)
+  adaptation.run_method(model, "zeroshot", speakers[:1], samples, protocol,
+                        progress=False)
   for k in protocol.shots:
     for st in protocol.steps:
       folder = os.path.join(samples, "zeroshot", f"shots_{k}", f"steps_{st}",
@@ -160,7 +160,7 @@ def test_adaptation_starts_from_the_encoder_vector_and_writes_samples(zs):
 
 @pytest.mark.slow
 def test_export_loads_back(zs):
-  model, encoder, params, info = tts.load_zeroshot(
+  model, encoder, params, info = zeroshot.load_zeroshot(
       os.path.join(zs.workdir, "zeroshot", "model"))
   assert info["method"] == "zeroshot"
   assert model.config.external_speaker_dim == encoder.config.embed_dim
@@ -176,4 +176,4 @@ def test_export_loads_back(zs):
         params=params["acoustic"], feature_config=zs.data.feature_config,
         symbols=zs.data.feature_config.symbols, speakers=zs.data.speakers,
         adapt=info["adapt"])
-    tts.load_zeroshot(d)
+    zeroshot.load_zeroshot(d)

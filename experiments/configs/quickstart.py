@@ -102,7 +102,6 @@ def get_config(arg: str = "quickstart"):
     c.adapt.num_eval = 1
     c.adapt.max_speakers = 1
     c.adapt.griffin_lim_iters = 4
-    c.adapt.synth_frames_factor = 0.5
     c.eval.enabled = False
     # The vocoder path too (WaveNet-style, Reptile over speaker tasks).
     c.vocoder.enabled = True

@@ -183,12 +183,19 @@ def step_ratio(table: Mapping, meta_method: str, baseline: str, shots: int,
                    None if reached is None else reached / max(meta_steps, 1))
 
 
+def _meta_learned(method: str) -> bool:
+  """Whether a samples folder is a meta-learner's (``metatts.methods``)."""
+  from metatts import methods  # pylint: disable=g-import-not-at-top
+  m = methods.METHODS.get(method)
+  return bool(m is not None and m.meta_learned)
+
+
 def all_step_ratios(table: Mapping, metric: str = "secs", meta_steps: int = 5
                     ) -> List[StepRatio]:
   """Step ratios of every (meta method, baseline, shots) the table allows."""
   out = []
-  metas = sorted(m for m in table if m.startswith("meta-"))
-  bases = sorted(m for m in table if not m.startswith("meta-"))
+  metas = sorted(m for m in table if _meta_learned(m))
+  bases = sorted(m for m in table if not _meta_learned(m))
   for mm in metas:
     for k in sorted(table[mm]):
       if meta_steps not in table[mm][k] or metric not in table[mm][k][meta_steps]:

@@ -6,9 +6,7 @@ way: for each held-out speaker the *same* support clips (the first ``K`` of
 a fixed, seeded draw of ``max(shots)`` clips), the *same* inner optimizer and
 learning rate, the *same* parameter filter and the same numbers of steps
 (``0, 5, 20, 100`` by default). The adapted model then synthesizes the same
-held-out evaluation sentences (until the stop token, but not before the
-library API's minimum length, ``metatts.models.tacotron
-.min_synthesis_frames``, so a judged clip is what a user would hear), whose
+held-out evaluation sentences exactly as ``Voice.synthesize`` does, whose
 real recordings are written beside them as references, into the samples
 layout of :mod:`metatts.evaluation.layout`::
 
@@ -19,16 +17,17 @@ layout of :mod:`metatts.evaluation.layout`::
   WORKDIR/samples/protocol.json      what was done, per method (clips, steps,
                                      optimizer, filter, lr), for audit
 
-A new voice uses one reserved row of the speaker table (``speaker_slot``);
-see ``metatts.experiments.tts`` for how each method initializes that row.
-
-Adaptation runs :func:`metatts.meta.adapt` (the inner loop the meta-learners
-differentiate through) in chunks of ``CHUNK`` steps: with the stateless SGD
-inner optimizer, chained chunks equal one uninterrupted run, so the snapshots
-at 5, 20 and 100 steps cost 100 steps in total and one compilation per
-support-set size. With a stateful optimizer (Adam) every step count is run
-from the start in one call, so its moments never restart mid-run (the same
-run as ``metatts.api``'s ``adapt``).
+The evaluation is what a user runs: each method's export is loaded with
+``metatts.load`` (with a Griffin-Lim vocoder of ``config.adapt
+.griffin_lim_iters`` iterations) and every held-out speaker's support clips
+go through ``metatts.voice.adapt_and_synthesize`` - the functions behind
+``TTS.adapt`` and ``Voice.synthesize`` - with the support batch's default
+dropout masks (``seed=None`` in ``TTS.adapt``) and synthesis seed 0 (the
+default of ``Voice.synthesize``). Only the support clips' log-mels come from
+the feature cache instead of the WAV files; both are made by
+``metatts.data.features.load_clip`` and ``compute_log_mel``. How each method
+starts a new voice (its speaker-table row or encoder vector) is in
+``metatts.methods``.
 
 References:
   Finn et al. (2017), Model-agnostic meta-learning, ICML, arXiv:1703.03400.
@@ -43,22 +42,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, List, Mapping, NamedTuple, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import tqdm
 
+from metatts import clips as clips_lib
 from metatts import functional
-from metatts import meta
-from metatts.audio import features as afeat
+from metatts import voice
 from metatts.audio import io as aio
-from metatts.models import tacotron
-from metatts.types import TTSBatch
+from metatts.data import features as dfeat
 
-CHUNK = 5  # inner steps per compiled adaptation call
+CHUNK = voice.CHUNK  # inner steps per compiled adaptation call
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -92,13 +87,6 @@ def protocol_from_config(c, speaker_slot: int) -> Protocol:
   functional.filter_for(c.filter)  # validates the name
   return Protocol(c.filter, c.optimizer, float(c.lr), steps, shots,
                   int(c.num_eval), int(c.seed), int(speaker_slot))
-
-
-def inner_optimizer(protocol: Protocol) -> optax.GradientTransformation:
-  """The inner optimizer of the protocol."""
-  if protocol.optimizer == "sgd":
-    return optax.sgd(protocol.lr)
-  return optax.adam(protocol.lr)
 
 
 class SpeakerClips(NamedTuple):
@@ -151,146 +139,30 @@ def select_clips(heldout: Mapping[str, Mapping[str, Sequence[Any]]],
   return out
 
 
-def pad_batch(examples: Sequence[Any], max_tokens: int, max_frames: int,
-              speaker_id: int) -> TTSBatch:
-  """A ``TTSBatch`` of fixed shape ``[B, max_tokens] / [B, max_frames, M]``.
-
-  Fixed shapes mean one compilation per batch size for every method.
-  """
-  b = len(examples)
-  m = examples[0].mel.shape[1]
-  tokens = np.zeros((b, max_tokens), np.int32)
-  mels = np.zeros((b, max_frames, m), np.float32)
-  tl = np.zeros((b,), np.int32)
-  ml = np.zeros((b,), np.int32)
-  for i, e in enumerate(examples):
-    nt, nf = len(e.tokens), e.mel.shape[0]
-    if nt > max_tokens or nf > max_frames:
-      raise ValueError(
-          f"Clip {e.audio_path} has {nt} tokens / {nf} frames, over the "
-          f"adaptation limit {max_tokens} / {max_frames}; raise "
-          "config.data.max_tokens / max_frames.")
-    tokens[i, :nt] = e.tokens
-    mels[i, :nf] = e.mel
-    tl[i], ml[i] = nt, nf
-  return TTSBatch(tokens, tl, mels, ml, np.full((b,), speaker_id, np.int32),
-                  None)
+def load_model(export_dir: str, griffin_lim_iters: int = 32):
+  """A method's export as the library API loads it, with a Griffin-Lim
+  vocoder of ``griffin_lim_iters`` iterations (``metatts.api.TTS``)."""
+  from metatts import api  # pylint: disable=g-import-not-at-top
+  from metatts import vocoders  # pylint: disable=g-import-not-at-top
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  info = export.read_model_json(export_dir)
+  mel_config = dfeat.FeatureConfig.from_config(
+      info["feature_config"]).mel_config()
+  return api.load(export_dir, vocoder=vocoders.GriffinLimVocoder(
+      mel_config, int(griffin_lim_iters)))
 
 
-class Adapter:
-  """Compiled adaptation and synthesis for one model architecture.
-
-  One instance serves every method with the same ``graphdef`` (so the
-  compiled functions are shared); parameters are arguments.
-  """
-
-  def __init__(self, graphdef, rest, protocol: Protocol, mel_config,
-               max_tokens: int, max_frames: int, synth_frames: int,
-               reduction_factor: int = 1, griffin_lim_iters: int = 32):
-    self.graphdef, self.rest, self.protocol = graphdef, rest, protocol
-    self.mel_config = mel_config
-    self.max_tokens, self.max_frames = max_tokens, max_frames
-    self.synth_frames = synth_frames
-    self.reduction_factor = int(reduction_factor)
-    self.loss_fn = functional.make_loss_fn(graphdef, rest)
-    self.filter = functional.filter_for(protocol.filter)
-    self.optimizer = inner_optimizer(protocol)
-    self.gl_iters = griffin_lim_iters
-
-    # Learned rates (Meta-SGD) are the step sizes themselves, exactly as in
-    # meta-training (metatts.meta.metasgd uses sgd(1.0) scaled by the rates);
-    # scaling them by the protocol's lr again would shrink every step.
-    unit_sgd = optax.sgd(1.0)
-
-    def chunk(params, support, lrs, num_steps):
-      opt = self.optimizer if lrs is None else unit_sgd
-      return meta.adapt(params, support, self.loss_fn,
-                        inner_optimizer=opt, num_steps=num_steps,
-                        filter=self.filter, lrs=lrs)
-
-    self._chunk = jax.jit(chunk, static_argnums=(3,))
-
-    def infer(params, tokens, token_lengths, speaker_ids, min_frames=None):
-      model = functional.merge(graphdef, params, rest)
-      return model.infer(tokens, token_lengths, speaker_ids,
-                         max_frames=synth_frames, min_frames=min_frames)
-
-    self._infer = jax.jit(infer)
-
-    def vocode(log_mel, key):
-      return afeat.mel_to_audio(log_mel, key, mel_config,
-                                n_iter=griffin_lim_iters)
-
-    self._vocode = jax.jit(vocode)
-
-  def curve(self, params, support: TTSBatch, lrs=None) -> Dict[int, Any]:
-    """Adapted parameters after each step count of the protocol.
-
-    Returns:
-      ``{S: params}`` for every ``S`` in ``protocol.steps`` and the support
-      losses in ``{S: loss}`` as a second dict.
-    """
-    out, losses = {}, {}
-    steps = self.protocol.steps
-    if self.protocol.optimizer == "sgd":
-      current, done = params, 0
-      for s in steps:
-        while done < s:
-          n = min(CHUNK, s - done) if (s - done) % CHUNK else CHUNK
-          current, ls = self._chunk(current, support, lrs, n)
-          losses[done + n] = float(ls[-1])
-          done += n
-        out[s] = current
-    else:
-      # A stateful optimizer (Adam) must not restart its moments mid-run:
-      # each step count is one uninterrupted call from the start (one
-      # compilation per step count), exactly what ``metatts.api`` runs.
-      for s in steps:
-        current = params
-        if s:
-          current, ls = self._chunk(params, support, lrs, s)
-          losses[s] = float(ls[-1])
-        out[s] = current
-    return out, losses
-
-  def min_frames(self, token_lengths) -> np.ndarray:
-    """int32 [B]: frames before which a predicted stop is ignored.
-
-    The rule of the library API (``metatts.models.tacotron
-    .min_synthesis_frames``), so an evaluated clip is as long as the one a
-    user would get, and a model that predicts "stop" at once still speaks.
-    """
-    return tacotron.min_synthesis_frames(
-        token_lengths, self.mel_config.sample_rate,
-        self.mel_config.hop_length, self.synth_frames)
-
-  def synthesize(self, params, examples: Sequence[Any], speaker_id: int):
-    """Waveforms (16-bit-safe float32), alignments and mel lengths.
-
-    Inference stops at the stop token, but not before ``min_frames`` (the
-    API's rule) and not past ``synth_frames``.
-    """
-    batch = pad_batch(examples, self.max_tokens, self.max_frames, speaker_id)
-    out = self._infer(params, jnp.asarray(batch.tokens),
-                      jnp.asarray(batch.token_lengths),
-                      jnp.asarray(batch.speaker_ids),
-                      jnp.asarray(self.min_frames(batch.token_lengths)))
-    mel = np.asarray(out.mel)
-    lengths = np.maximum(np.asarray(out.lengths), 2)
-    floor = float(np.log(self.mel_config.log_floor))
-    frames = np.arange(mel.shape[1])[None, :, None]
-    mel = np.where(frames < lengths[:, None, None], mel, floor)
-    audio = np.asarray(self._vocode(jnp.asarray(mel, jnp.float32),
-                                    jax.random.PRNGKey(0)))
-    hop = self.mel_config.hop_length
-    wavs = []
-    for i in range(len(examples)):
-      w = np.nan_to_num(audio[i, :(int(lengths[i]) - 1) * hop])
-      peak = float(np.max(np.abs(w))) if w.size else 0.0
-      if peak > 0.99:
-        w = w * (0.99 / peak)
-      wavs.append(w.astype(np.float32))
-    return wavs, np.asarray(out.alignment), lengths
+def _alignment(parts: Sequence[np.ndarray]) -> np.ndarray:
+  """One [steps, symbols] alignment of a text's sentences (block diagonal)."""
+  if len(parts) == 1:
+    return parts[0]
+  out = np.zeros((sum(p.shape[0] for p in parts),
+                  sum(p.shape[1] for p in parts)), np.float32)
+  i = j = 0
+  for p in parts:
+    out[i:i + p.shape[0], j:j + p.shape[1]] = p
+    i, j = i + p.shape[0], j + p.shape[1]
+  return out
 
 
 def _write_clip(folder: str, utt: str, wav: np.ndarray, text: str,
@@ -309,13 +181,8 @@ def write_references(samples_dir: str, speakers: Sequence[SpeakerClips],
   for sc in speakers:
     folder = os.path.join(samples_dir, "reference", sc.speaker)
     for e in sc.evaluation:
-      wav = aio.load_clip(
-          e.audio_path, feature_config.sample_rate,
-          trim=feature_config.trim_top_db is not None,
-          top_db=feature_config.trim_top_db or 40.0,
-          normalize=feature_config.target_dbfs is not None,
-          target_dbfs=feature_config.target_dbfs or -20.0,
-          min_seconds=0.0, max_seconds=float("inf"))
+      wav = dfeat.load_clip(e.audio_path, feature_config, min_seconds=0.0,
+                            max_seconds=float("inf"))
       _write_clip(folder, e.utt_id, wav, e.text, feature_config.sample_rate)
   manifest = {"speakers": {sc.speaker: sc.split for sc in speakers},
               "sample_rate": int(feature_config.sample_rate),
@@ -326,29 +193,42 @@ def write_references(samples_dir: str, speakers: Sequence[SpeakerClips],
     json.dump(manifest, f, indent=1, sort_keys=True)
 
 
-def run_method(adapter: Adapter, method: str, params, speakers:
-               Sequence[SpeakerClips], samples_dir: str, sample_rate: int,
-               lrs=None, progress: bool = True) -> dict:
+def run_method(tts, method: str, speakers: Sequence[SpeakerClips],
+               samples_dir: str, protocol: Protocol, seed: int = 0,
+               progress: bool = True) -> dict:
   """Adapts one method to every held-out speaker and writes its samples.
 
   Args:
-    adapter: the compiled protocol.
+    tts: the method's export loaded as the library API loads it
+      (:func:`load_model`); its exported adaptation protocol (filter,
+      optimizer, lr) must be ``protocol``'s.
     method: method key (folder name), e.g. 'meta-fomaml', 'transfer'.
-    params: the method's starting parameters (slot row already set).
     speakers: from :func:`select_clips` (the same list for every method).
     samples_dir: ``WORKDIR/samples``.
-    sample_rate: of the written WAVs.
-    lrs: learned inner learning rates (Meta-SGD), else None.
+    protocol: the protocol (its steps and shots).
+    seed: the synthesis seed (``Voice.synthesize``'s default).
     progress: show a progress bar.
 
   Returns:
     The method's protocol record (also merged into ``protocol.json``):
     protocol fields, per speaker the support and evaluation utt ids, and the
     support loss after each step count.
+
+  Raises:
+    ValueError: the export's protocol is not ``protocol``.
   """
-  p = adapter.protocol
-  record = {"protocol": p.to_json(), "learned_lrs": lrs is not None,
+  p = protocol
+  exported = (tts.filter_name, tts.optimizer_name, float(tts.lr),
+              int(tts.speaker_slot))
+  if exported != (p.filter, p.optimizer, float(p.lr), int(p.speaker_slot)):
+    raise ValueError(
+        f"{tts.model_dir} was exported with the adaptation protocol "
+        f"(filter, optimizer, lr, slot) = {exported}, but the evaluation's is "
+        f"{(p.filter, p.optimizer, p.lr, p.speaker_slot)}; re-export it with "
+        "the same config.adapt.")
+  record = {"protocol": p.to_json(), "learned_lrs": tts.lrs is not None,
             "speakers": {}}
+  sample_rate = tts.feature_config.sample_rate
   bar = tqdm.tqdm(total=len(speakers) * len(p.shots),
                   desc=f"adapt {method}", unit="spk", disable=not progress)
   for sc in speakers:
@@ -357,22 +237,19 @@ def run_method(adapter: Adapter, method: str, params, speakers:
         "evaluation": [e.utt_id for e in sc.evaluation], "shots": {}})
     for k in p.shots:
       support = sc.support[:k]
-      batch = pad_batch(support, adapter.max_tokens, adapter.max_frames,
-                        p.speaker_slot)
-      batch = jax.tree.map(jnp.asarray, batch)
-      curve, losses = adapter.curve(params, batch, lrs)
-      rec["shots"][str(k)] = {"support": [e.utt_id for e in support],
-                              "support_loss": {str(s): v for s, v in
-                                               losses.items()}}
-      for s, adapted in curve.items():
-        wavs, align, lengths = adapter.synthesize(adapted, sc.evaluation,
-                                                     p.speaker_slot)
+      speech, adapted = voice.adapt_and_synthesize(
+          tts, [clips_lib.from_example(e) for e in support],
+          [e.text for e in sc.evaluation], p.steps, seed=seed)
+      rec["shots"][str(k)] = {
+          "support": [e.utt_id for e in support],
+          "support_loss": {str(s): float(ls[-1])
+                           for s, ls in sorted(adapted.losses.items()) if s}}
+      for s, outs in speech.items():
         folder = os.path.join(samples_dir, method, f"shots_{k}",
                               f"steps_{s}", sc.speaker)
-        for i, e in enumerate(sc.evaluation):
-          n_steps = -(-int(lengths[i]) // adapter.reduction_factor)
-          _write_clip(folder, e.utt_id, wavs[i], e.text, sample_rate,
-                      align[i, :n_steps, :len(e.tokens)])
+        for e, out in zip(sc.evaluation, outs):
+          _write_clip(folder, e.utt_id, out.audio, e.text, sample_rate,
+                      _alignment(out.alignments))
       bar.update(1)
   bar.close()
   path = os.path.join(samples_dir, "protocol.json")
@@ -455,6 +332,6 @@ def markdown_table(workdir: str, metrics: Sequence[str] = ("secs", "eer"),
   return "\n".join(out)
 
 
-__all__ = ["Adapter", "markdown_table", "CHUNK", "Protocol", "SpeakerClips", "inner_optimizer",
-           "pad_batch", "protocol_from_config", "run_method", "select_clips",
-           "write_references"]
+__all__ = ["CHUNK", "Protocol", "SpeakerClips", "load_model",
+           "markdown_table", "protocol_from_config", "run_method",
+           "select_clips", "write_references"]

@@ -1,0 +1,164 @@
+"""Vocoders of the voice path: log-mel -> waveform.
+
+``GriffinLimVocoder`` needs no training; ``WaveNetVocoder`` runs an exported
+WaveNet (``WORKDIR/vocoder/model``). ``load_vocoder`` picks one for a model:
+an explicit vocoder object or export path, ``'griffin-lim'``, or the
+workdir's vocoder export when there is one.
+
+References:
+  Griffin & Lim (1984), Signal estimation from modified short-time Fourier
+    transform, IEEE TASSP.
+  van den Oord et al. (2016), WaveNet: A generative model for raw audio,
+    arXiv:1609.03499.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from typing import Any, Dict, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metatts.audio import features as afeat
+from metatts.clips import FRAME_BUCKET
+from metatts.clips import round_up as _round_up
+
+PathLike = Union[str, os.PathLike]
+GRIFFIN_LIM_ITERS = 32
+MODEL_FILE = "model.json"
+
+
+def vocoder_dir_for(model_dir: str) -> Optional[str]:
+  """``WORKDIR/vocoder/model`` next to ``WORKDIR/<method>/model``, if any."""
+  candidates = [
+      os.path.join(model_dir, "vocoder", "model"),  # a saved voice
+      os.path.join(os.path.dirname(os.path.dirname(model_dir)), "vocoder",
+                   "model"),  # a training workdir
+  ]
+  for c in candidates:
+    if os.path.isfile(os.path.join(c, MODEL_FILE)):
+      return c
+  return None
+
+
+class GriffinLimVocoder:
+  """Log-mel -> waveform by mel inversion and Griffin-Lim (no training).
+
+  The mel is padded with silence (``log(log_floor)``) to a multiple of
+  ``FRAME_BUCKET`` frames so the jitted reconstruction compiles once per
+  bucket, and the waveform is cut back to the clip.
+  """
+
+  name = "griffin-lim"
+
+  def __init__(self, mel_config: afeat.MelConfig,
+               n_iter: int = GRIFFIN_LIM_ITERS):
+    self.mel_config = mel_config
+    self.n_iter = int(n_iter)
+    self._fn = _griffin_lim_function(mel_config, self.n_iter)
+
+  def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
+    """mel: float32 [T, M] -> float32 [T * hop] waveform."""
+    t = mel.shape[0]
+    hop = self.mel_config.hop_length
+    padded = _round_up(t + 1, FRAME_BUCKET)
+    floor = math.log(self.mel_config.log_floor)
+    mel = np.pad(mel, ((0, padded - t), (0, 0)), constant_values=floor)
+    audio = np.asarray(self._fn(jnp.asarray(mel), key))  # [(P - 1) * hop]
+    return audio[:t * hop]
+
+
+class WaveNetVocoder:
+  """Log-mel -> waveform with an exported WaveNet (fast queued generation).
+
+  References:
+    van den Oord et al. (2016), WaveNet: A generative model for raw audio,
+      arXiv:1609.03499.
+    Paine et al. (2016), Fast WaveNet generation algorithm, arXiv:1611.09482.
+  """
+
+  name = "wavenet"
+
+  def __init__(self, model: Any, info: Dict[str, Any], directory: str):
+    from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
+    self.model = model
+    self.info = info
+    self.directory = directory
+    self._generate = wavenet.generate_jit
+    c = model.config
+    self.speaker_ids = None
+    if c.speaker_source == "table":
+      slot = int(info.get("adapt", {}).get("speaker_slot", 0))
+      self.speaker_ids = np.asarray([slot], np.int32)
+
+  def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
+    """mel: float32 [T, M] -> float32 [T * hop] waveform."""
+    t = mel.shape[0]
+    hop = self.model.config.hop_length
+    padded = _round_up(t, FRAME_BUCKET)
+    # Zeros, as the upsampler's SAME convolution pads: the real frames'
+    # conditioning, and so every real sample, equals the unpadded run's.
+    mel = np.pad(mel, ((0, padded - t), (0, 0)))
+    spk = None if self.speaker_ids is None else jnp.asarray(self.speaker_ids)
+    audio = self._generate(self.model, jnp.asarray(mel)[None], key, spk)
+    return np.asarray(audio)[0, :t * hop]
+
+
+def load_vocoder(vocoder: Union[None, str, PathLike, Any], model_dir: str,
+                  mel_config: afeat.MelConfig):
+  """Picks the vocoder: an export path, 'griffin-lim', or auto (None).
+
+  A vocoder object (anything callable as ``vocoder(mel [T, M], key) ->
+  audio`` with a ``name``, e.g. ``GriffinLimVocoder(mel_config, n_iter=4)``)
+  is used as is.
+  """
+  if callable(vocoder) and hasattr(vocoder, "name"):
+    return vocoder
+  if isinstance(vocoder, str) and vocoder == "griffin-lim":
+    return GriffinLimVocoder(mel_config)
+  if vocoder is None:
+    directory = vocoder_dir_for(model_dir)
+    if directory is None:
+      return GriffinLimVocoder(mel_config)
+  else:
+    directory = os.path.abspath(os.fspath(vocoder))
+    if os.path.isfile(os.path.join(directory, "model", MODEL_FILE)):
+      directory = os.path.join(directory, "model")
+  model, _, info, _ = _load_exported(directory)
+  c = model.config
+  if getattr(c, "n_mels", None) != mel_config.n_mels or getattr(
+      c, "hop_length", None) != mel_config.hop_length:
+    raise ValueError(
+        f"Vocoder {directory} expects n_mels={c.n_mels}, hop_length="
+        f"{c.hop_length} but the acoustic model uses n_mels="
+        f"{mel_config.n_mels}, hop_length={mel_config.hop_length}; pass "
+        "vocoder='griffin-lim' or a vocoder trained on the same features.")
+  if c.speaker_source == "vector":
+    warnings.warn(
+        f"Vocoder {directory} needs an external speaker vector, which a "
+        "voice does not have; using Griffin-Lim instead.", UserWarning,
+        stacklevel=3)
+    return GriffinLimVocoder(mel_config)
+  return WaveNetVocoder(model, info, directory)
+
+
+@functools.lru_cache(maxsize=8)
+def _griffin_lim_function(mel_config: afeat.MelConfig, n_iter: int):
+  return jax.jit(functools.partial(afeat.mel_to_audio, config=mel_config,
+                                   n_iter=n_iter))
+
+
+
+
+def _load_exported(directory: str):
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  return export.load_exported(directory)
+
+
+__all__ = ["GRIFFIN_LIM_ITERS", "GriffinLimVocoder", "WaveNetVocoder",
+           "load_vocoder", "vocoder_dir_for"]

@@ -1,0 +1,442 @@
+"""The one adapt-then-synthesize path of metatts.
+
+``metatts.load(...).adapt(...).synthesize(...)``, the command line
+(``python -m metatts``) and the evaluation protocol
+(``metatts.experiments.adaptation``) all adapt and speak through the
+functions of this module, so the numbers in the reports are measured on
+exactly what a user runs:
+
+* :func:`start` - a new voice's starting parameters: the model's parameters
+  as exported (their new-voice speaker-table row already holds what the
+  method chose: the meta-learned row, the mean of the trained rows, or the
+  random initialization), or, for a model conditioned on an external speaker
+  vector (``zeroshot``), ``{"acoustic", "speaker_vector"}`` with the speaker
+  encoder's mean vector of the support clips.
+* :func:`adapt` - ``metatts.meta.adapt`` (the inner loop the meta-learners
+  differentiate through) with the exported protocol, returning the
+  parameters after each requested number of steps. With the stateless SGD
+  inner optimizer the steps run in compiled chunks of ``CHUNK`` (one
+  compilation per support shape, and the snapshots at 5, 20 and 100 steps
+  cost 100 steps); a stateful optimizer (Adam) runs every step count from
+  the start in one call, so its moments never restart.
+* :func:`synthesize` - text -> sentences -> Tacotron inference (until the
+  stop token, but not before ``tacotron.min_synthesis_frames`` and not past a
+  budget proportional to the text) -> vocoder -> one waveform, peak-limited
+  to ``PEAK_LIMIT``.
+* :func:`adapt_and_synthesize` - the three in a row; what the evaluation
+  calls.
+
+The model argument is a :class:`metatts.api.TTS` (any object with its
+attributes).
+
+References:
+  Finn et al. (2017), Model-agnostic meta-learning for fast adaptation of deep
+    networks, ICML, arXiv:1703.03400.
+  Li et al. (2017), Meta-SGD, arXiv:1707.09835 (learned inner rates).
+  Arik et al. (2018), Neural voice cloning with a few samples, NeurIPS,
+    arXiv:1802.06006 (speaker adaptation and speaker encoding).
+  Shen et al. (2018), Natural TTS synthesis by conditioning WaveNet on mel
+    spectrogram predictions, ICASSP, arXiv:1712.05884.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import re
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metatts import clips as clips_lib
+from metatts import functional
+from metatts import meta
+from metatts.models import tacotron
+
+# Inner steps per compiled adaptation call (stateless optimizers).
+CHUNK = 5
+# Synthesis length limits per input symbol (cf. ESPnet's Tacotron 2
+# maxlenratio / minlenratio): a frame budget of at most SYNTH_SEC_PER_SYMBOL,
+# and a stop before SYNTH_MIN_SEC_PER_SYMBOL (50 symbols/s, faster than any
+# speech) is ignored (``tacotron.min_synthesis_frames``).
+SYNTH_SEC_PER_SYMBOL = 0.25
+SYNTH_MIN_SEC_PER_SYMBOL = tacotron.SYNTH_MIN_SEC_PER_SYMBOL
+SENTENCE_PAUSE_SECONDS = 0.15
+# Synthesized audio louder than this peak is scaled down to it.
+PEAK_LIMIT = 0.99
+STOP_THRESHOLD = 0.5
+
+# Inner optimizers the export may name (config value -> optax constructor).
+OPTIMIZERS = {
+    "sgd": optax.sgd,
+    "adam": optax.adam,
+}
+STATELESS = ("sgd",)
+
+# (graphdef, filter, optimizer, lr, per_step_lrs, vector) -> times traced.
+ADAPT_TRACES: "collections.Counter" = collections.Counter()
+
+
+# ----------------------------------------------------------------------------
+# A voice conditioned on an external speaker vector (the zeroshot method).
+
+
+def vector_voice_model(graphdef, rest, params, batch_size: int):
+  """The Tacotron and its speaker vectors for a vector-conditioned voice.
+
+  Args:
+    graphdef: the Tacotron's graph (``external_speaker_dim > 0``).
+    rest: its non-parameter state.
+    params: ``{"acoustic": Tacotron params, "speaker_vector": [D]}``.
+    batch_size: B.
+
+  Returns:
+    ``(model, speaker_vectors [B, D])``: the vector broadcast over the batch.
+  """
+  model = functional.merge(graphdef, params["acoustic"], rest)
+  v = params["speaker_vector"]
+  return model, jnp.broadcast_to(v, (batch_size,) + v.shape)
+
+
+def vector_voice_loss_fn(graphdef, rest):
+  """``loss_fn(params, batch)`` of a vector-conditioned voice.
+
+  ``params = {"acoustic", "speaker_vector" [D]}``: the Tacotron loss of the
+  batch conditioned on the one vector; the vector is in the filter group
+  ``speaker``, so ``speaker+decoder`` adapts it with the decoder.
+  """
+
+  def loss_fn(params, batch):
+    model, v = vector_voice_model(graphdef, rest, params,
+                                  batch.tokens.shape[0])
+    return model.loss(batch, speaker_vectors=v)
+
+  return loss_fn
+
+
+def encode_speaker(encoder_graphdef, encoder_rest, encoder_params, mels,
+                   mel_lengths):
+  """A new voice's vector: the speaker encoder's mean over its clips.
+
+  Args:
+    encoder_graphdef, encoder_rest: the ``SpeakerEncoder``'s graph and state.
+    encoder_params: its parameters.
+    mels: [K, T, M] support log-mels (padded).
+    mel_lengths: [K] valid frames (a zero length counts as 1).
+
+  Returns:
+    [D] float32 (``speaker_encoder.speaker_vector``, Arik et al. 2018's
+    averaging over cloning samples).
+  """
+  from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
+  enc = functional.merge(encoder_graphdef, encoder_params, encoder_rest)
+  return speaker_encoder.speaker_vector(enc, mels,
+                                        jnp.maximum(mel_lengths, 1))
+
+
+# ----------------------------------------------------------------------------
+# Compiled functions, shared by every model with the same graph and protocol.
+
+
+@functools.lru_cache(maxsize=16)
+def adapt_function(graphdef, filter_name: str, optimizer_name: str,
+                   lr: float, per_step_lrs: bool, vector: bool = False):
+  """Jitted ``(params, lrs, rest, batch, num_steps) -> (params, losses)``.
+
+  With ``vector`` the params are ``{"acoustic", "speaker_vector"}`` and the
+  loss is :func:`vector_voice_loss_fn`'s.
+  """
+  key = (graphdef, filter_name, optimizer_name, lr, per_step_lrs, vector)
+  predicate = functional.filter_for(filter_name)
+  inner_optimizer = OPTIMIZERS[optimizer_name](lr)
+
+  def adapt_fn(params, lrs, rest, batch, *, num_steps):
+    ADAPT_TRACES[key] += 1  # a Python side effect: runs only while tracing
+    if vector:
+      loss_fn = vector_voice_loss_fn(graphdef, rest)
+    else:
+      loss_fn = functional.make_loss_fn(graphdef, rest)
+    return meta.adapt(params, batch, loss_fn,
+                      inner_optimizer=inner_optimizer, num_steps=num_steps,
+                      filter=predicate, lrs=lrs, per_step_lrs=per_step_lrs)
+
+  return jax.jit(adapt_fn, static_argnames=("num_steps",))
+
+
+@functools.lru_cache(maxsize=16)
+def infer_function(graphdef, vector: bool = False):
+  """Jitted Tacotron inference over a params pytree (``max_frames`` static).
+
+  With ``vector`` the params are ``{"acoustic", "speaker_vector"}`` and the
+  vector conditions every utterance.
+  """
+
+  def infer_fn(params, rest, tokens, token_lengths, speaker_ids, seeds,
+               min_frames, *, max_frames, stop_threshold):
+    if vector:
+      model, vectors = vector_voice_model(graphdef, rest, params,
+                                          tokens.shape[0])
+    else:
+      model, vectors = functional.merge(graphdef, params, rest), None
+    return model.infer(tokens, token_lengths, speaker_ids,
+                       max_frames=max_frames, seeds=seeds,
+                       speaker_vectors=vectors,
+                       stop_threshold=stop_threshold, min_frames=min_frames)
+
+  return jax.jit(infer_fn, static_argnames=("max_frames", "stop_threshold"))
+
+
+@functools.lru_cache(maxsize=8)
+def encode_function(encoder_graphdef):
+  """Jitted ``(encoder_params, encoder_rest, mels, lengths) -> [D]``."""
+
+  def encode_fn(encoder_params, encoder_rest, mels, mel_lengths):
+    return encode_speaker(encoder_graphdef, encoder_rest, encoder_params,
+                          mels, mel_lengths)
+
+  return jax.jit(encode_fn)
+
+
+# ----------------------------------------------------------------------------
+# Adaptation.
+
+
+def start(tts, batch) -> Any:
+  """A new voice's parameters before any step (see the module docstring).
+
+  Args:
+    tts: the loaded model.
+    batch: its support ``TTSBatch`` (``tts.make_batch``).
+
+  Returns:
+    ``tts.params``, or ``{"acoustic", "speaker_vector"}`` for a model
+    conditioned on an external speaker vector.
+  """
+  if not tts.zeroshot:
+    return tts.params
+  return {"acoustic": tts.params, "speaker_vector": tts.speaker_vector(batch)}
+
+
+def _chunk_lrs(lrs, offset: int, n: int, per_step: bool):
+  """The learned rates of steps ``offset .. offset + n - 1``."""
+  if lrs is None or not per_step:
+    return lrs
+  out = []
+  for lr in lrs:
+    idx = np.minimum(np.arange(offset, offset + n), lr.shape[0] - 1)
+    out.append(jnp.take(lr, jnp.asarray(idx), axis=0))
+  return out
+
+
+class Adapted(NamedTuple):
+  """What :func:`adapt` returns."""
+
+  params: Dict[int, Any]  # steps -> adapted parameters
+  losses: Dict[int, np.ndarray]  # steps -> float32 [steps + 1] support loss
+
+
+def adapt(tts, params, batch, steps: Sequence[int]) -> Adapted:
+  """Adapts ``params`` on ``batch`` with the model's protocol.
+
+  The inner loop is ``metatts.meta.adapt`` with ``tts``'s filter, inner
+  optimizer and rate (or learned rates: the step is then the gradient times
+  the learned rate, as in Meta-SGD's meta-training). SGD runs in chunks of
+  ``CHUNK`` steps that continue each other (chunk boundaries at multiples of
+  ``CHUNK``), so 20 steps asked alone and 20 steps on the way to 100 are the
+  same computation; Adam runs each step count from the start.
+
+  Args:
+    tts: the loaded model (its ``_adapt_jit``, ``lrs``, ``rest``).
+    params: the starting parameters (:func:`start`).
+    batch: the support ``TTSBatch``.
+    steps: step counts to return, e.g. ``(0, 5, 20, 100)``.
+
+  Returns:
+    ``Adapted``: per step count the parameters and the support loss before
+    each step and after the last.
+  """
+  counts = sorted({int(s) for s in steps})
+  if not counts or counts[0] < 0:
+    raise ValueError(f"steps={list(steps)} must be integers >= 0.")
+  fn, lrs, per_step = tts._adapt_jit, tts.lrs, tts._per_step_lrs  # pylint: disable=protected-access
+
+  def run(p, offset, n):
+    out, ls = fn(p, _chunk_lrs(lrs, offset, n, per_step), tts.rest, batch,
+                 num_steps=n)
+    return out, np.asarray(ls, np.float32)
+
+  result, losses = {}, {}
+  if counts[-1] == 0:
+    _, ls = run(params, 0, 0)
+    return Adapted({0: params}, {0: ls})
+  if tts.optimizer_name in STATELESS:
+    current, done, chain = params, 0, []
+    for s in counts:
+      while done < s:
+        n = min(CHUNK - done % CHUNK, s - done)
+        current, ls = run(current, done, n)
+        chain = chain[:-1] + list(ls) if chain else list(ls)
+        done += n
+      result[s] = current
+    chain = np.asarray(chain, np.float32)
+    losses = {s: chain[:s + 1] for s in counts}
+  else:
+    for s in counts:
+      if s:
+        result[s], losses[s] = run(params, 0, s)
+    if 0 in counts:
+      result[0] = params
+      losses[0] = losses[counts[-1]][:1]
+  return Adapted(result, losses)
+
+
+# ----------------------------------------------------------------------------
+# Synthesis.
+
+
+class Speech(NamedTuple):
+  """What :func:`synthesize` returns."""
+
+  audio: np.ndarray  # float32 [S] at sample_rate, |audio| <= PEAK_LIMIT
+  sample_rate: int
+  mel: np.ndarray  # float32 [T, M] predicted log-mel, sentences joined
+  alignments: List[np.ndarray]  # per sentence [decoder steps, symbols]
+
+
+def split_text(text: str, symbols, max_tokens: int) -> List[np.ndarray]:
+  """Normalizes ``text`` and cuts it into sentence chunks of symbol ids.
+
+  Args:
+    text: English text.
+    symbols: the model's ``SymbolSet``.
+    max_tokens: the longest chunk (symbols, EOS included).
+
+  Returns:
+    int32 id arrays, one per sentence (long sentences split at words).
+
+  Raises:
+    ValueError: not a string, empty, or nothing speakable in it.
+  """
+  from metatts.audio import text as atext  # pylint: disable=g-import-not-at-top
+  if not isinstance(text, str):
+    raise ValueError(f"Text to speak is a {type(text).__name__}; pass a "
+                     "str.")
+  if not text.strip():
+    raise ValueError("Text to speak is empty; pass at least one word.")
+  sentences = [s for s in re.split(r"(?<=[.!?;:])\s+", text.strip()) if s]
+  chunks = []
+  for sentence in sentences:
+    pieces = [sentence]
+    while pieces:
+      piece = pieces.pop(0)
+      if not re.search(r"[A-Za-z0-9]", atext.normalize_text(piece)):
+        continue  # punctuation only
+      ids = clips_lib.encode_text(piece, symbols, "Text to speak")
+      if ids.shape[0] <= max_tokens:
+        chunks.append(ids)
+        continue
+      words = piece.split()
+      if len(words) < 2:
+        raise ValueError(
+            f"Text to speak has a word of {ids.shape[0]} symbols, more "
+            f"than max_tokens={max_tokens}; split it.")
+      half = len(words) // 2
+      pieces[:0] = [" ".join(words[:half]), " ".join(words[half:])]
+  if not chunks:
+    raise ValueError(
+        f"Text to speak {text!r} has nothing speakable in the "
+        f"{symbols.name} set (after normalization); write it in "
+        "English letters, digits and punctuation.")
+  return chunks
+
+
+def synthesize(tts, params, speaker_slot: int, text: str,
+               seed: int = 0) -> Speech:
+  """Speaks ``text`` with ``params`` (see ``metatts.api.Voice.synthesize``).
+
+  Each sentence is padded to a ``TOKEN_BUCKET`` multiple of symbols and run
+  alone; its frame budget is ``SYNTH_SEC_PER_SYMBOL`` per padded symbol
+  (rounded up to ``FRAME_BUCKET``, at most the model's ``max_frames``); the
+  prenet-dropout seed and the vocoder key of sentence ``i`` come from
+  ``seed`` and ``i``. Sentences are joined with ``SENTENCE_PAUSE_SECONDS``
+  of silence, NaN/Inf are zeroed and a peak above ``PEAK_LIMIT`` is scaled
+  down (never clipped).
+  """
+  sr, hop = tts.feature_config.sample_rate, tts.mel_config.hop_length
+  chunks = split_text(text, tts.symbols, tts.max_tokens)
+  pause = np.zeros(int(SENTENCE_PAUSE_SECONDS * sr), np.float32)
+  pieces, mels, aligns = [], [], []
+  for i, ids in enumerate(chunks):
+    lb = clips_lib.bucket(ids.shape[0], clips_lib.TOKEN_BUCKET,
+                          tts.config.max_tokens)
+    tokens = np.zeros((1, lb), np.int32)
+    tokens[0, :ids.shape[0]] = ids
+    budget = int(SYNTH_SEC_PER_SYMBOL * lb * sr / hop)
+    max_frames = min(tts.config.max_frames,
+                     clips_lib.round_up(budget, clips_lib.FRAME_BUCKET))
+    seeds = np.asarray([(seed * 1000003 + i) % 2**32], np.uint32)
+    min_frames = tacotron.min_synthesis_frames([ids.shape[0]], sr, hop,
+                                               max_frames)
+    out = tts._infer_jit(  # pylint: disable=protected-access
+        params, tts.rest, jnp.asarray(tokens),
+        jnp.asarray([ids.shape[0]], jnp.int32),
+        jnp.asarray([speaker_slot], jnp.int32), jnp.asarray(seeds),
+        jnp.asarray(min_frames), max_frames=max_frames,
+        stop_threshold=STOP_THRESHOLD)
+    length = int(out.lengths[0])
+    mel = np.asarray(out.mel[0, :length], np.float32)  # [T, M]
+    key = jax.random.fold_in(jax.random.key(seed), i)
+    audio = np.asarray(tts.vocoder(mel, key), np.float32)
+    if i:
+      pieces.append(pause)
+    pieces.append(audio)
+    mels.append(mel)
+    r = int(getattr(tts.config, "reduction_factor", 1))
+    aligns.append(np.asarray(out.alignment[0, :-(-length // r),
+                                           :ids.shape[0]], np.float32))
+  audio = np.concatenate(pieces).astype(np.float32)
+  audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+  peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+  if peak > PEAK_LIMIT:  # keep it playable: scale down, never clip
+    audio = audio * np.float32(PEAK_LIMIT / peak)
+  return Speech(audio, sr, np.concatenate(mels, 0), aligns)
+
+
+def adapt_and_synthesize(tts, clips: Sequence[Any], texts: Sequence[str],
+                         steps: Sequence[int], seed: int = 0,
+                         batch_seed: Optional[int] = None
+                         ) -> Tuple[Dict[int, List[Speech]], Adapted]:
+  """Adapts to ``clips`` and speaks ``texts`` after each step count.
+
+  Exactly ``tts.adapt(clips, ..., steps=S, seed=batch_seed)`` followed by
+  ``voice.synthesize(text, seed=seed)`` for every ``S`` in ``steps``, with
+  the snapshots of one adaptation run.
+
+  Args:
+    tts: the loaded model.
+    clips: prepared ``metatts.clips.Clip`` objects (``tts.prepare_clips``).
+    texts: what to say.
+    steps: adaptation step counts.
+    seed: the synthesis seed (prenet dropout, vocoder).
+    batch_seed: the support batch's dropout seed (None: the model's fixed
+      masks, the API's default).
+
+  Returns:
+    ``({S: [Speech per text]}, Adapted)``.
+  """
+  batch = tts.make_batch(clips, batch_seed)
+  adapted = adapt(tts, start(tts, batch), batch, steps)
+  speech = {s: [synthesize(tts, p, tts.speaker_slot, t, seed) for t in texts]
+            for s, p in sorted(adapted.params.items())}
+  return speech, adapted
+
+
+__all__ = ["ADAPT_TRACES", "Adapted", "CHUNK", "OPTIMIZERS", "PEAK_LIMIT",
+           "SENTENCE_PAUSE_SECONDS", "SYNTH_MIN_SEC_PER_SYMBOL",
+           "SYNTH_SEC_PER_SYMBOL", "Speech", "adapt", "adapt_and_synthesize",
+           "adapt_function", "encode_function", "encode_speaker",
+           "infer_function", "split_text", "start", "synthesize",
+           "vector_voice_loss_fn", "vector_voice_model"]

@@ -1,0 +1,138 @@
+"""Tests of the method registry ``metatts.methods``.
+
+* every method of the configs resolves, says how a new voice starts and
+  which learner trains it; an unknown name fails with the list;
+* no code outside the registry branches on a method's name;
+* the ``multitask`` method's loss is the acoustic model's loss plus the
+  weighted speaker cross-entropy of the pooled generated mel plus the L2 of
+  the trunk, computed here by hand from the same parameters;
+* the compute budget and the mean new-voice row.
+"""
+
+import os
+import re
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from metatts import functional
+from metatts import methods
+from metatts.methods import base
+from metatts.models import layers
+from metatts.types import TTSBatch
+
+from test_api import FEATURES, random_params  # noqa: E402  pylint: disable=g-import-not-at-top
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "metatts")
+
+
+def test_registry_names_learners_and_new_voices():
+  assert set(methods.METHODS) == {
+      "transfer", "multitask", "zeroshot", "meta-maml", "meta-fomaml",
+      "meta-metasgd", "meta-reptile", "meta-imaml", "scratch"}
+  for name, m in methods.METHODS.items():
+    assert m.name == name
+    assert m.new_voice in base.NEW_VOICE
+  assert methods.get("meta-reptile").learner_name == "reptile"
+  assert methods.get("transfer").new_voice == "mean_row"
+  assert methods.get("zeroshot").new_voice == "encoder"
+  assert methods.get("meta-fomaml").slot_tasks
+  assert not methods.get("scratch").trains
+  assert set(methods.trained()) == set(methods.METHODS) - {"scratch"}
+  with pytest.raises(ValueError, match="meta-foo.*known methods"):
+    methods.get("meta-foo")
+
+
+def test_no_method_name_branches_outside_the_registry():
+  names = "|".join(re.escape(n) for n in methods.METHODS)
+  pattern = re.compile(
+      rf"""(==|!=)\s*["']({names})["']|["']({names})["']\s*(==|!=)"""
+      r"""|startswith\(["']meta-["']\)|\bis_meta\b""")
+  found = []
+  for root, _, files in os.walk(PACKAGE):
+    if os.path.basename(root) == "methods":
+      continue
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(root, f)
+        with open(path, encoding="utf-8") as fh:
+          for i, line in enumerate(fh, 1):
+            if pattern.search(line):
+              found.append(f"{path}:{i}: {line.strip()}")
+  assert not found, found
+
+
+def _context(num_speakers=3):
+  config, params = random_params(0, num_speakers=num_speakers + 1)
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from metatts.models import build_model  # pylint: disable=g-import-not-at-top
+  graphdef, _, rest = functional.split(
+      nnx.eval_shape(lambda: build_model("tacotron", config, 0)))
+  cfg = ml_collections.ConfigDict({
+      "seed": 0, "train": {"multitask_weight": 0.3, "multitask_l2": 1e-3}})
+  data = types.SimpleNamespace(feature_config=FEATURES,
+                               speakers=[f"s{i}" for i in range(num_speakers)])
+  ctx = base.Context(cfg, data, "/nonexistent", "tacotron", config, graphdef,
+                     rest, params, lambda slot: None)
+  return ctx, params
+
+
+def _batch(rng, b=3, l=9, t=24, m=20):
+  return TTSBatch(
+      tokens=jnp.asarray(rng.integers(1, 30, (b, l)), jnp.int32),
+      token_lengths=jnp.asarray([9, 7, 5], jnp.int32),
+      mels=jnp.asarray(rng.standard_normal((b, t, m)), jnp.float32),
+      mel_lengths=jnp.asarray([24, 20, 13], jnp.int32),
+      speaker_ids=jnp.asarray([0, 2, 1], jnp.int32), seeds=None)
+
+
+def test_multitask_loss_matches_hand_computation():
+  ctx, params = _context()
+  setup = methods.get("multitask").setup(ctx, params)
+  p = setup.params
+  head = p["heads"]["speaker"]["classifier"]["linear"]
+  assert head["kernel"].shape == (FEATURES.n_mels, 3)
+  for a, b in zip(jax.tree_util.tree_leaves(p["trunk"]["acoustic"]),
+                  jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  batch = _batch(np.random.default_rng(0))
+  loss, aux = jax.jit(setup.loss_fn)(p, batch)
+  # By hand: the Tacotron's loss, its post-net mel averaged over valid
+  # frames, a linear softmax classifier, the L2 of the Tacotron's params.
+  model = functional.merge(ctx.graphdef, params, ctx.rest)
+  mel_loss, _ = model.loss(batch)
+  out = model(batch)
+  mask = np.asarray(layers.length_mask(batch.mel_lengths,
+                                       out.mel_after.shape[1]), np.float64)
+  mel = np.asarray(out.mel_after, np.float64)
+  pooled = (mel * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  logits = pooled @ np.asarray(head["kernel"], np.float64) + np.asarray(
+      head["bias"], np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -np.mean(logp[np.arange(3), np.asarray(batch.speaker_ids)])
+  l2 = sum(float(np.sum(np.square(np.asarray(x, np.float64))))
+           for x in jax.tree_util.tree_leaves(params))
+  want = float(mel_loss) + 0.3 * ce + 1e-3 * l2
+  np.testing.assert_allclose(float(loss), want, rtol=2e-5)
+  np.testing.assert_allclose(float(aux["speaker_ce"]), ce, rtol=2e-5)
+  # Only the trunk is exported, its new-voice row set to the trained mean.
+  exported = methods.get("multitask").trained_params(ctx, p)
+  table = np.asarray(exported["speaker"]["table"]["embedding"])
+  np.testing.assert_allclose(table[3], table[:3].mean(0), rtol=1e-6)
+
+
+def test_budget_counts_clip_passes():
+  t = ml_collections.ConfigDict({
+      "num_steps": 150, "num_tasks": 4, "num_support": 5, "num_query": 5,
+      "equal_budget": True, "inner_steps": {"fomaml": 5, "reptile": 3}})
+  assert methods.get("transfer").clip_passes(t, 10) == 10 * 4 * 10
+  assert methods.get("meta-fomaml").clip_passes(t, 1) == 4 * (5 * 5 + 5)
+  assert methods.get("meta-reptile").clip_passes(t, 1) == 4 * 5 * 3
+  # 150 * 40 passes of transfer = 50 steps of 5-inner-step FOMAML.
+  assert methods.get("meta-fomaml").steps_for_budget(t) == 50
+  assert methods.get("scratch").steps_for_budget(t) == 0
