@@ -131,6 +131,16 @@ def _zeroshot_module():
   return zeroshot
 
 
+def _read_json(path: str, message: str) -> Any:
+  """Reads a JSON file; a failure raises ValueError(message with {path} and
+  {error} filled in)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(message.format(path=path, error=e)) from e
+
+
 def resolve_model_dir(path: PathLike) -> str:
   """Finds the acoustic-model export for a workdir, method dir or export dir.
 
@@ -157,12 +167,8 @@ def resolve_model_dir(path: PathLike) -> str:
     return os.path.join(path, "model")
   run_json = os.path.join(path, "run.json")
   if os.path.isfile(run_json):
-    try:
-      with open(run_json, encoding="utf-8") as f:
-        run = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      raise ValueError(f"Cannot read {run_json} ({e}); re-run training or pass "
-                       "WORKDIR/<method>/model directly.") from e
+    run = _read_json(run_json, "Cannot read {path} ({error}); re-run training "
+                     "or pass WORKDIR/<method>/model directly.")
     primary = run.get("primary")
     if primary and os.path.isfile(os.path.join(path, primary, "model",
                                                MODEL_FILE)):
@@ -335,14 +341,8 @@ class TTS:
   def prepare_clips(self, wavs: Sequence[ClipLike], texts: Sequence[str],
                     sample_rate: Optional[int] = None,
                     names: Optional[Sequence[str]] = None) -> List[Clip]:
-    """Loads and checks adaptation clips (see :meth:`adapt` for the rules).
-
-    Returns:
-      One :class:`Clip` per input.
-
-    Raises:
-      ValueError, FileNotFoundError: naming the bad clip and the fix.
-    """
+    """``metatts.clips.prepare_clips`` with this model's settings (see
+    :meth:`adapt` for the rules): one :class:`Clip` per input."""
     return clips_lib.prepare_clips(
         wavs, texts, feature_config=self.feature_config,
         symbols=self.symbols, max_tokens=self.max_tokens,
@@ -699,12 +699,8 @@ def load_voice(directory: PathLike,
     raise FileNotFoundError(
         f"{directory} is not a saved voice (no {VOICE_FILE}); create one with "
         "voice.save(DIR) or `python -m metatts adapt ... --out DIR`.")
-  try:
-    with open(path, encoding="utf-8") as f:
-      record = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"Corrupt {path} ({e}); adapt and save the voice "
-                     "again.") from e
+  record = _read_json(path, "Corrupt {path} ({error}); adapt and save the "
+                      "voice again.")
   if record.get("format") != VOICE_FORMAT:
     raise ValueError(f"{path} is not a metatts voice (format "
                      f"{record.get('format')!r}); adapt and save again.")

@@ -32,15 +32,12 @@ from metatts.types import TTSBatch
 PathLike = Union[str, os.PathLike]
 ClipLike = Union[PathLike, np.ndarray]
 
-MIN_CLIPS = 1
-MAX_CLIPS = 10
+MIN_CLIPS, MAX_CLIPS = 1, 10
 # Padded shapes: frames to a multiple of FRAME_BUCKET, symbols of TOKEN_BUCKET.
-FRAME_BUCKET = 64
-TOKEN_BUCKET = 16
+FRAME_BUCKET, TOKEN_BUCKET = 64, 16
 # A transcript is rejected when the clip gives it less than MIN_SEC_PER_SYMBOL
 # or more than MAX_SEC_PER_SYMBOL seconds per symbol (read speech: ~0.07 s).
-MIN_SEC_PER_SYMBOL = 0.01
-MAX_SEC_PER_SYMBOL = 1.0
+MIN_SEC_PER_SYMBOL, MAX_SEC_PER_SYMBOL = 0.01, 1.0
 
 
 @dataclasses.dataclass(frozen=True)
