@@ -373,18 +373,11 @@ def test_wavenet_vocoder_from_workdir(workdir, tmp_path, voice):
                                   stacks=1, layers_per_stack=3)
   from flax import nnx  # pylint: disable=g-import-not-at-top
   _, params, _ = functional.split(wavenet.WaveNet(config, rngs=nnx.Rngs(0)))
-  try:
-    export.export_model(os.path.join(wd, "vocoder", "model"),
-                        method="vocoder", model_name="wavenet",
-                        model_config=config, params=params,
-                        feature_config=FEATURES, symbols="characters",
-                        speakers=[], adapt=ADAPT)
-  except jax.errors.TracerArrayConversionError:
-    # export builds models under nnx.eval_shape, and WaveNet's NormalSource
-    # initializer draws with numpy, which cannot be traced.
-    pytest.skip("metatts.training.export cannot yet build a WaveNet under "
-                "nnx.eval_shape (NormalSource uses numpy); no vocoder export "
-                "can be written or loaded until that is fixed.")
+  export.export_model(os.path.join(wd, "vocoder", "model"),
+                      method="vocoder", model_name="wavenet",
+                      model_config=config, params=params,
+                      feature_config=FEATURES, symbols="characters",
+                      speakers=[], adapt=ADAPT)
   tts = api.load(wd)
   assert tts.vocoder.name == "wavenet"
   v = api.Voice(tts, voice.params, voice.speaker_slot, voice.info)

@@ -8,18 +8,18 @@ from flax import nnx
 
 from metatts import functional
 from metatts.models import multitask as mt
-from metatts.models.wavenet import NormalSource
+from metatts.models import layers
 
 M, C, SPK = 6, 8, 3
-# One block-wise random stream (fast to initialize; see NormalSource).
-_INIT = NormalSource(jax.random.key(42))
+# Block-wise normal draws (fast to initialize; see layers.block_normal).
+_KERNEL_INIT = layers.normal_init()
 
 
 class Encoder(nnx.Module):
   """A small shared trunk: batch dict -> (features [B, T, C], mask [B, T])."""
 
   def __init__(self, rngs):
-    self.proj = nnx.Linear(M, C, kernel_init=_INIT.lecun_normal(), rngs=rngs)
+    self.proj = nnx.Linear(M, C, kernel_init=_KERNEL_INIT, rngs=rngs)
 
   def __call__(self, batch):
     mask = jnp.arange(batch["mels"].shape[1])[None] < batch["lengths"][:, None]
@@ -36,7 +36,7 @@ def _recon_loss(out, batch):
 class ReconHead(nnx.Module):
 
   def __init__(self, rngs):
-    self.lin = nnx.Linear(C, M, kernel_init=_INIT.lecun_normal(), rngs=rngs)
+    self.lin = nnx.Linear(C, M, kernel_init=_KERNEL_INIT, rngs=rngs)
 
   def __call__(self, trunk_out):
     return self.lin(trunk_out[0])

@@ -198,9 +198,6 @@ def build_params(model_name: str, model_config, seed: int):
   def make():
     return models.build_model(model_name, model_config, nnx.Rngs(seed))
 
-  if model_name == "wavenet":
-    # Its initializers draw on the host (numpy), which cannot be traced.
-    return functional.split(make())
   return functional.split(nnx.jit(make)())
 
 

@@ -62,9 +62,8 @@ def build(ctx: base.Context, seed: int):
   from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
   tcfg, ecfg = configs(ctx)
   graphdef, acoustic, rest = base.build_params(ctx.model_name, tcfg, seed)
-  # The encoder's initializers draw on the host (as the vocoder's): eager.
-  egraphdef, eparams, erest = functional.split(
-      speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(seed + 23)))
+  egraphdef, eparams, erest = functional.split(nnx.jit(
+      lambda: speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(seed + 23)))())
   return graphdef, rest, egraphdef, erest, {"acoustic": acoustic,
                                             "speaker_encoder": eparams}
 
@@ -186,11 +185,8 @@ def load_zeroshot(directory: str):
   ecfg = speaker_encoder.SpeakerEncoderConfig(**{
       k: (tuple(v) if isinstance(v, list) else v)
       for k, v in ecfg_dict.items()})
-  # Eager: the encoder's initializers draw on the host (values replaced).
-  egraphdef, abstract, erest = functional.split(
-      speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(0)))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract)
+  egraphdef, abstract, erest = functional.split(nnx.eval_shape(
+      lambda: speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(0))))
   ckptr = ocp.StandardCheckpointer()
   try:
     eparams = ckptr.restore(enc_dir, abstract)

@@ -73,6 +73,71 @@ def dropout(x: Array, rate: float, keys: Array) -> Array:
   return jnp.where(masks, x / keep, jnp.zeros_like(x)).astype(x.dtype)
 
 
+# ---------------------------------------------------------------------------
+# Initialization.
+
+_NORMAL_BLOCK = 1 << 16
+
+
+def block_normal(key: Array, shape: Sequence[int], stddev: float = 1.0,
+                 dtype=jnp.float32) -> Array:
+  """``N(0, stddev**2)`` draws of ``shape`` from fixed-size blocks of a key.
+
+  The draws are the first ``prod(shape)`` numbers of
+  ``jax.random.normal(fold_in(key, i), (65536,))`` for ``i = 0, 1, ...``, so
+  building a model eagerly compiles one random-number program whatever its
+  parameter shapes (a ``jax.random`` call per shape compiles a new threefry
+  program per shape, about a second each on a CPU). It is a pure function of
+  ``key``: models built with it initialize under ``nnx.jit`` and
+  ``nnx.eval_shape`` (abstract restore) alike, with the same values.
+
+  Args:
+    key: a PRNG key (e.g. ``rngs.params()``).
+    shape: the result's shape.
+    stddev: standard deviation.
+    dtype: the result's dtype.
+
+  Returns:
+    ``dtype`` array of ``shape``.
+  """
+  shape = tuple(int(d) for d in shape)
+  n = 1
+  for d in shape:
+    n *= d
+  blocks = [jax.random.normal(jax.random.fold_in(key, i), (_NORMAL_BLOCK,),
+                              jnp.float32)
+            for i in range(max(1, -(-n // _NORMAL_BLOCK)))]
+  flat = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
+  return (flat[:n].reshape(shape) * stddev).astype(dtype)
+
+
+def normal_init(stddev: Optional[float] = None):
+  """An ``nnx`` initializer ``(key, shape, dtype)`` of :func:`block_normal`.
+
+  Args:
+    stddev: the standard deviation; None is LeCun's ``1 / sqrt(fan_in)``
+      with ``fan_in = prod(shape[:-1])`` (all taps and input channels of a
+      kernel; LeCun et al. 1998).
+
+  Returns:
+    The initializer.
+
+  References:
+    Y. LeCun, L. Bottou, G. Orr, K. Mueller. Efficient BackProp. 1998.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    std = stddev
+    if std is None:
+      fan_in = 1
+      for d in tuple(shape)[:-1]:
+        fan_in *= int(d)
+      std = 1.0 / max(fan_in, 1) ** 0.5
+    return block_normal(key, shape, std, dtype)
+
+  return init
+
+
 class Conv1D(nnx.Module):
   """1-D convolution over ``[B, T, C]`` with 'same' or 'causal' padding.
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from metatts.models.wavenet import NormalSource
+from metatts.models import layers
 
 Array = jax.Array
 PyTree = Any
@@ -175,9 +175,8 @@ class PooledClassifierHead(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, *,
                rngs: nnx.Rngs):
-    init = NormalSource(rngs.params())
     self.linear = nnx.Linear(in_features, num_classes,
-                             kernel_init=init.lecun_normal(), rngs=rngs)
+                             kernel_init=layers.normal_init(), rngs=rngs)
 
   def __call__(self, trunk_out: Tuple[Array, Array]) -> Array:
     features, mask = trunk_out

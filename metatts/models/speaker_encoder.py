@@ -46,7 +46,6 @@ from flax import nnx
 
 from metatts.models import layers
 from metatts.models.layers import LSTM, Conv1D, apply_mask, length_mask
-from metatts.models.wavenet import NormalSource
 
 Array = jax.Array
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -128,19 +127,18 @@ class SpeakerEncoder(nnx.Module):
     self.config = config
     c = config
     dt = _DTYPES[c.dtype]
-    init = NormalSource(rngs.params())
     convs, norms = [], []
     width = c.n_mels
     for ch in c.conv_channels:
       convs.append(Conv1D(width, ch, c.kernel_size, padding="same", dtype=dt,
-                          kernel_init=init.lecun_normal(), rngs=rngs))
+                          kernel_init=layers.normal_init(), rngs=rngs))
       norms.append(nnx.LayerNorm(ch, dtype=jnp.float32, rngs=rngs))
       width = ch
     self.convs = nnx.List(convs)
     self.norms = nnx.List(norms)
     self.lstm = LSTM(width, c.lstm_units, dtype=dt, rngs=rngs)
     self.proj = nnx.Linear(c.lstm_units, c.embed_dim, dtype=dt,
-                           kernel_init=init.lecun_normal(), rngs=rngs)
+                           kernel_init=layers.normal_init(), rngs=rngs)
 
   def check_inputs(self, mels: Any, lengths: Any) -> None:
     """Raises ``ValueError`` on malformed clips (static checks)."""

@@ -279,71 +279,6 @@ def discretized_mol_log_prob(params: Array, x: Array, bins: int) -> Array:
 # ----------------------------------------------------------------------------
 
 
-class NormalSource:
-  """Deterministic standard-normal numbers for parameter initialization.
-
-  All draws come from fixed-size blocks ``jax.random.normal(fold_in(key, i),
-  (65536,))`` consumed in order, so one seed gives the same parameters and
-  only one random-number program is ever compiled. (Initializing every
-  parameter shape with its own ``jax.random`` call compiles a new threefry
-  program per shape, which dominated model construction time on CPU.)
-
-  Args:
-    key: a PRNG key (e.g. ``rngs.params()``).
-  """
-
-  _BLOCK = 1 << 16
-
-  def __init__(self, key: Array):
-    self._key = key
-    self._buf = np.zeros((0,), np.float32)
-    self._blocks = 0
-
-  def normal(self, shape: Sequence[int], scale: float = 1.0):
-    """Returns float32 ``N(0, scale**2)`` draws of ``shape``.
-
-    A numpy array normally; a traced jax array when the key is traced (the
-    model built under ``jax.jit`` or ``nnx.eval_shape``, e.g. to restore a
-    checkpoint into an abstract model), with the same values.
-    """
-    n = int(np.prod(shape))
-    while self._buf.shape[0] < n:
-      block = jax.random.normal(jax.random.fold_in(self._key, self._blocks),
-                                (self._BLOCK,), jnp.float32)
-      self._blocks += 1
-      try:
-        block = np.asarray(block)
-        xp = np if isinstance(self._buf, np.ndarray) else jnp
-      except jax.errors.TracerArrayConversionError:
-        xp = jnp
-      self._buf = xp.concatenate([self._buf, block])
-    out, self._buf = self._buf[:n], self._buf[n:]
-    return (out.reshape(tuple(shape)) * scale).astype(np.float32)
-
-  def lecun_normal(self):
-    """An ``nnx`` initializer ``(key, shape, dtype)`` drawing from here.
-
-    The scale is ``1 / sqrt(fan_in)`` with ``fan_in = prod(shape[:-1])``
-    (LeCun et al. 1998); the ``key`` argument is ignored.
-    """
-
-    def init(key, shape, dtype=jnp.float32):
-      del key
-      fan_in = max(int(np.prod(shape[:-1])), 1)
-      return jnp.asarray(self.normal(shape, 1.0 / math.sqrt(fan_in)), dtype)
-
-    return init
-
-  def standard_normal(self):
-    """An ``nnx`` initializer with unit scale (embedding tables)."""
-
-    def init(key, shape, dtype=jnp.float32):
-      del key
-      return jnp.asarray(self.normal(shape), dtype)
-
-    return init
-
-
 class CausalConv1d(nnx.Module):
   """Dilated causal 1-D convolution written as a sum of shifted matmuls.
 
@@ -353,14 +288,13 @@ class CausalConv1d(nnx.Module):
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int,
-               dilation: int, *, dtype, init: NormalSource):
+               dilation: int, *, dtype, rngs: nnx.Rngs):
     self.kernel_size = kernel_size
     self.dilation = dilation
     self.dtype = dtype
     # LeCun-normal over the fan-in of all taps.
-    self.kernel = nnx.Param(jnp.asarray(init.normal(
-        (kernel_size, in_features, out_features),
-        1.0 / math.sqrt(kernel_size * in_features))))
+    self.kernel = nnx.Param(layers.normal_init()(
+        rngs.params(), (kernel_size, in_features, out_features)))
     self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
 
   def __call__(self, x: Array) -> Array:
@@ -392,13 +326,13 @@ class ResidualLayer(nnx.Module):
   """
 
   def __init__(self, config: WaveNetConfig, dilation: int, *,
-               rngs: nnx.Rngs, init: NormalSource):
+               rngs: nnx.Rngs):
     c = config
     dt = c.compute_dtype
-    kw = dict(dtype=dt, kernel_init=init.lecun_normal(), rngs=rngs)
+    kw = dict(dtype=dt, kernel_init=layers.normal_init(), rngs=rngs)
     self.gate_channels = c.gate_channels
     self.conv = CausalConv1d(c.residual_channels, 2 * c.gate_channels,
-                             c.kernel_size, dilation, dtype=dt, init=init)
+                             c.kernel_size, dilation, dtype=dt, rngs=rngs)
     self.cond = nnx.Linear(c.cond_channels, 2 * c.gate_channels,
                            use_bias=False, **kw)
     if c.speaker_source != "none":
@@ -441,20 +375,19 @@ class ConditionUpsampler(nnx.Module):
   (Shen et al. 2018).
   """
 
-  def __init__(self, config: WaveNetConfig, *, rngs: nnx.Rngs,
-               init: NormalSource):
+  def __init__(self, config: WaveNetConfig, *, rngs: nnx.Rngs):
     c = config
     dt = c.compute_dtype
     self.dtype = dt
     self.pre = nnx.Conv(c.n_mels, c.cond_channels, kernel_size=(3,),
                         padding="SAME", dtype=dt,
-                        kernel_init=init.lecun_normal(), rngs=rngs)
+                        kernel_init=layers.normal_init(), rngs=rngs)
     self.factors = tuple(c.upsample_factors)
     kernels, biases = [], []
     for f in self.factors:
-      kernels.append(nnx.Param(jnp.asarray(init.normal(
-          (f, c.cond_channels, c.cond_channels),
-          1.0 / math.sqrt(c.cond_channels)))))
+      kernels.append(nnx.Param(layers.block_normal(
+          rngs.params(), (f, c.cond_channels, c.cond_channels),
+          1.0 / math.sqrt(c.cond_channels))))
       biases.append(nnx.Param(jnp.zeros((f, c.cond_channels), jnp.float32)))
     self.up_kernels = nnx.List(kernels)
     self.up_biases = nnx.List(biases)
@@ -489,18 +422,17 @@ class WaveNet(nnx.Module):
     self.config = config
     c = config
     dt = c.compute_dtype
-    init = NormalSource(rngs.params())
-    kw = dict(dtype=dt, kernel_init=init.lecun_normal(), rngs=rngs)
+    kw = dict(dtype=dt, kernel_init=layers.normal_init(), rngs=rngs)
     self.input_proj = nnx.Linear(1, c.residual_channels, **kw)
-    self.upsampler = ConditionUpsampler(c, rngs=rngs, init=init)
+    self.upsampler = ConditionUpsampler(c, rngs=rngs)
     if c.speaker_source == "table":
       self.speaker_table = nnx.Embed(c.n_speakers, c.speaker_dim,
-                                     embedding_init=init.standard_normal(),
+                                     embedding_init=layers.normal_init(1.0),
                                      rngs=rngs)
     else:
       self.speaker_table = None
     self.layers = nnx.List([
-        ResidualLayer(c, 2 ** i, rngs=rngs, init=init)
+        ResidualLayer(c, 2 ** i, rngs=rngs)
         for _ in range(c.stacks) for i in range(c.layers_per_stack)])
     self.out1 = nnx.Linear(c.skip_channels, c.skip_channels, **kw)
     self.out2 = nnx.Linear(c.skip_channels, c.out_channels, **kw)
