@@ -79,34 +79,16 @@ class MelConfig(NamedTuple):
 # Host-side constants (numpy).
 
 
-def _hz_to_mel(f):
-  """Slaney mel scale: linear below 1 kHz, logarithmic above."""
-  f = np.asarray(f, dtype=np.float64)
-  f_sp = 200.0 / 3
-  min_log_hz = 1000.0
-  min_log_mel = min_log_hz / f_sp
-  logstep = np.log(6.4) / 27.0
-  return np.where(f >= min_log_hz,
-                  min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz)
-                  / logstep, f / f_sp)
-
-
-def _mel_to_hz(m):
-  m = np.asarray(m, dtype=np.float64)
-  f_sp = 200.0 / 3
-  min_log_hz = 1000.0
-  min_log_mel = min_log_hz / f_sp
-  logstep = np.log(6.4) / 27.0
-  return np.where(m >= min_log_mel,
-                  min_log_hz * np.exp(logstep * (m - min_log_mel)), m * f_sp)
-
-
 @functools.lru_cache(maxsize=32)
 def _mel_filterbank_cached(sample_rate, n_fft, n_mels, fmin, fmax):
+  # The Slaney mel scale (linear below 1 kHz, logarithmic above) is
+  # librosa's; imported here so that importing metatts stays light.
+  import librosa  # pylint: disable=g-import-not-at-top
   fmax = sample_rate / 2 if fmax is None else fmax
   fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-  mel_pts = np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2)
-  hz_pts = _mel_to_hz(mel_pts)  # [n_mels + 2]
+  mel_pts = np.linspace(librosa.hz_to_mel(fmin, htk=False),
+                        librosa.hz_to_mel(fmax, htk=False), n_mels + 2)
+  hz_pts = librosa.mel_to_hz(mel_pts, htk=False)  # [n_mels + 2]
   fdiff = np.diff(hz_pts)
   ramps = hz_pts[:, None] - fft_freqs[None, :]  # [n_mels + 2, F]
   lower = -ramps[:-2] / fdiff[:-1, None]
