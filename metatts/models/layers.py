@@ -73,6 +73,48 @@ def dropout(x: Array, rate: float, keys: Array) -> Array:
   return jnp.where(masks, x / keep, jnp.zeros_like(x)).astype(x.dtype)
 
 
+def check_mel_input(mels, *, n_mels: int, max_frames: int, owner: str,
+                    batch_axis: str, config_name: str,
+                    too_long_fix: str) -> Tuple[int, int, int]:
+  """Static shape checks of a ``[B, frames, n_mels]`` mel input.
+
+  Args:
+    mels: the input (array or anything with a shape).
+    n_mels: the mel bins the model expects.
+    max_frames: the longest input the model accepts.
+    owner: the model's name in messages ("WaveNet").
+    batch_axis: what the leading axis holds ("batch", "clips").
+    config_name: the config class, for the fix ("WaveNetConfig").
+    too_long_fix: what to do about an input over ``max_frames``.
+
+  Returns:
+    The shape ``(B, frames, n_mels)``.
+
+  Raises:
+    ValueError: wrong rank, wrong number of mel bins, no frames or too many,
+      with the value, the limit and the fix.
+  """
+  shape = tuple(jnp.shape(mels))
+  if len(shape) != 3:
+    raise ValueError(
+        f"{owner} mels must have shape [{batch_axis}, frames, n_mels="
+        f"{n_mels}], got shape {shape}; add a {batch_axis} axis with "
+        "mels[None].")
+  if shape[-1] != n_mels:
+    raise ValueError(
+        f"{owner} mels have {shape[-1]} mel bins but it expects n_mels="
+        f"{n_mels}; compute features with n_mels={n_mels} or build it with "
+        f"{config_name}(n_mels=...).")
+  if shape[1] == 0:
+    raise ValueError(f"{owner} mels have 0 frames (zero-length input); pass "
+                     "at least 1 frame.")
+  if shape[1] > max_frames:
+    raise ValueError(
+        f"{owner} mels have {shape[1]} frames, over the limit max_frames="
+        f"{max_frames}; {too_long_fix}.")
+  return shape
+
+
 # ---------------------------------------------------------------------------
 # Initialization.
 

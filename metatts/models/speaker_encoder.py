@@ -143,23 +143,11 @@ class SpeakerEncoder(nnx.Module):
   def check_inputs(self, mels: Any, lengths: Any) -> None:
     """Raises ``ValueError`` on malformed clips (static checks)."""
     c = self.config
-    shape = tuple(np.shape(mels))
-    if len(shape) != 3:
-      raise ValueError(
-          f"SpeakerEncoder mels must have shape [clips, frames, n_mels="
-          f"{c.n_mels}], got {shape}; add a clip axis with mels[None].")
-    if shape[-1] != c.n_mels:
-      raise ValueError(
-          f"SpeakerEncoder mels have {shape[-1]} mel bins but the encoder "
-          f"expects n_mels={c.n_mels}; compute features with n_mels="
-          f"{c.n_mels} or build it with SpeakerEncoderConfig(n_mels=...).")
-    if shape[1] == 0:
-      raise ValueError("SpeakerEncoder mels have 0 frames (zero-length "
-                       "clips); pass clips with at least 1 frame.")
-    if shape[1] > c.max_frames:
-      raise ValueError(
-          f"SpeakerEncoder mels have {shape[1]} frames, over the limit "
-          f"max_frames={c.max_frames}; crop the clips or raise max_frames.")
+    shape = layers.check_mel_input(
+        mels, n_mels=c.n_mels, max_frames=c.max_frames,
+        owner="SpeakerEncoder", batch_axis="clips",
+        config_name="SpeakerEncoderConfig",
+        too_long_fix="crop the clips or raise max_frames")
     if tuple(np.shape(lengths)) != shape[:1]:
       raise ValueError(
           f"SpeakerEncoder lengths must have shape [{shape[0]}], got "

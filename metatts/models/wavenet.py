@@ -442,25 +442,11 @@ class WaveNet(nnx.Module):
   def check_mels(self, mels: Any) -> None:
     """Raises ``ValueError`` unless ``mels`` is ``[B, F, n_mels]``."""
     c = self.config
-    shape = tuple(np.shape(mels))
-    if len(shape) != 3:
-      raise ValueError(
-          f"WaveNet mels must have shape [batch, frames, n_mels={c.n_mels}], "
-          f"got shape {shape}; add a batch axis with mels[None].")
-    if shape[-1] != c.n_mels:
-      raise ValueError(
-          f"WaveNet mels have {shape[-1]} mel bins but the model expects "
-          f"n_mels={c.n_mels}; compute features with n_mels={c.n_mels} or "
-          "build the model with WaveNetConfig(n_mels=...).")
-    if shape[1] == 0:
-      raise ValueError(
-          "WaveNet mels have 0 frames (zero-length input); pass at least 1 "
-          "frame.")
-    if shape[1] > c.max_frames:
-      raise ValueError(
-          f"WaveNet mels have {shape[1]} frames, over the limit max_frames="
-          f"{c.max_frames}; cut the input into windows (random_window) or "
-          "raise WaveNetConfig.max_frames.")
+    layers.check_mel_input(
+        mels, n_mels=c.n_mels, max_frames=c.max_frames, owner="WaveNet",
+        batch_axis="batch", config_name="WaveNetConfig",
+        too_long_fix="cut the input into windows (random_window) or raise "
+        "WaveNetConfig.max_frames")
 
   def global_condition(self, batch_size: int,
                        speaker_ids: Optional[Array],
