@@ -525,6 +525,18 @@ class Prenet(nnx.Module):
     return x
 
 
+def check_choice(config, field: str, options) -> None:
+  """Raises ``ValueError`` unless ``config.<field>`` is one of ``options``.
+
+  The message names the config class, the field, the value and the options.
+  """
+  value = getattr(config, field)
+  if value not in options:
+    raise ValueError(
+        f"{type(config).__name__}.{field}={value!r} is not supported; use one "
+        f"of {tuple(options)}.")
+
+
 def sized_config(cls, sizes, size: str, overrides, label: str):
   """Builds the frozen-dataclass config ``cls`` of a named size with overrides.
 

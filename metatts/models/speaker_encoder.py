@@ -76,10 +76,7 @@ class SpeakerEncoderConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    if self.dtype not in _DTYPES:
-      raise ValueError(
-          f"SpeakerEncoderConfig.dtype={self.dtype!r} is not supported; use "
-          f"one of {tuple(_DTYPES)}.")
+    layers.check_choice(self, "dtype", _DTYPES)
     if not self.conv_channels:
       raise ValueError("SpeakerEncoderConfig.conv_channels must not be empty.")
 

@@ -127,18 +127,9 @@ class WaveNetConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    if self.output not in _OUTPUTS:
-      raise ValueError(
-          f"WaveNetConfig.output={self.output!r} is not supported; use one of "
-          f"{_OUTPUTS}.")
-    if self.speaker_source not in _SPEAKER_SOURCES:
-      raise ValueError(
-          f"WaveNetConfig.speaker_source={self.speaker_source!r} is not "
-          f"supported; use one of {_SPEAKER_SOURCES}.")
-    if self.dtype not in _DTYPES:
-      raise ValueError(
-          f"WaveNetConfig.dtype={self.dtype!r} is not supported; use one of "
-          f"{tuple(_DTYPES)}.")
+    layers.check_choice(self, "output", _OUTPUTS)
+    layers.check_choice(self, "speaker_source", _SPEAKER_SOURCES)
+    layers.check_choice(self, "dtype", _DTYPES)
     if int(np.prod(self.upsample_factors)) != self.hop_length:
       raise ValueError(
           f"WaveNetConfig.upsample_factors={self.upsample_factors} multiply "
