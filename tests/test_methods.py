@@ -126,6 +126,21 @@ def test_multitask_loss_matches_hand_computation():
   np.testing.assert_allclose(table[3], table[:3].mean(0), rtol=1e-6)
 
 
+def test_multitask_names_a_model_without_a_teacher_forced_forward(
+    monkeypatch):
+  ctx, params = _context()
+  ctx = ctx._replace(model_name="no_forward")
+
+  class NoForward:  # an acoustic model with only loss / infer
+    pass
+
+  from metatts.methods import multitask  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(multitask.functional, "merge",
+                      lambda *args: NoForward())
+  with pytest.raises(ValueError, match="no_forward.*mel_after"):
+    methods.get("multitask").setup(ctx, params)
+
+
 def test_budget_counts_clip_passes():
   t = ml_collections.ConfigDict({
       "num_steps": 150, "num_tasks": 4, "num_support": 5, "num_query": 5,

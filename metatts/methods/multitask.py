@@ -95,6 +95,13 @@ class MultiTask(base.Method):
   def setup(self, ctx: base.Context, params) -> base.Setup:
     t = ctx.config.train
     acoustic = functional.merge(ctx.graphdef, params, ctx.rest)
+    if not callable(acoustic):
+      raise ValueError(
+          f"config.model.name={ctx.model_name!r}: the multitask method pools "
+          "the mel of the model's teacher-forced forward pass "
+          f"(model(batch).mel_after), which {type(acoustic).__name__} does "
+          "not have; train multitask with model name 'tacotron' or give the "
+          "model that forward pass.")
     model = mt.MultiTaskModel(AcousticTrunk(acoustic), {
         "mel": mel_head,
         "speaker": SpeakerHead(ctx.data.feature_config.n_mels,
