@@ -1,8 +1,10 @@
 r"""Word-boundary error of the learned aligner on held-out synthetic clips.
 
 Trains the RAD-TTS aligner (``metatts.models.aligner``, Badlani et al. 2021)
-alone on a synthetic corpus's training speakers (phoneme tokens through a
-fresh symbol embedding, forward-sum loss, binarization loss phased in), then
+of a 'tiny' duration-based Tacotron (``DurationTacotron.align``: the model's
+symbol embedding and mel normalization feeding its aligner) on a synthetic
+corpus's training speakers, with the aligner's losses only (forward-sum,
+binarization phased in), so nothing else of the model is trained; then
 takes the hard MAS durations of held-out clips, clips of speakers that are
 not in the training split (``heldout_seen`` and ``heldout_unseen``) reading
 sentences that no training clip reads, and scores their word ends against
@@ -13,7 +15,7 @@ snapped to frame boundaries).
 
 With ``--export`` it instead scores the aligner inside a trained
 duration-based Tacotron export (``WORKDIR/<method>/model``, e.g. of the
-quickstart), fed with that model's own symbol embedding, on the same
+quickstart), through the same ``align`` method, on the same
 held-out clips (features built with the export's feature config); the export
 must use phoneme input. Its training may have read those sentences (only
 this script's own training excludes them).
@@ -43,34 +45,37 @@ import time
 from typing import Callable, List, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
+from metatts import functional
 from metatts.data import corpora, features
 from metatts.evaluation import alignment as al
 from metatts.models import aligner as aligner_lib
-from metatts.models import layers
+from metatts.models import duration_tacotron as dt
 
 Example = features.Example
 
 
-class AlignerOnly(nnx.Module):
-  """A symbol embedding feeding the RAD-TTS aligner, and nothing else."""
+def build_model(num_symbols: int, num_mels: int, seed: int = 0,
+                **overrides) -> dt.DurationTacotron:
+  """A 'tiny' duration-based Tacotron whose aligner is to be trained.
 
-  def __init__(self, num_symbols: int, num_mels: int, embed_dim: int = 64,
-               dim: int = 64, temperature: float = 0.0005, *,
-               rngs: nnx.Rngs):
-    """Builds the embedding and the aligner (widths as the 'tiny' model)."""
-    self.embedding = nnx.Embed(num_symbols, embed_dim, rngs=rngs)
-    self.aligner = aligner_lib.Aligner(embed_dim, num_mels, dim,
-                                       temperature=temperature, rngs=rngs)
+  Args:
+    num_symbols: symbol table size.
+    num_mels: mel bins.
+    seed: initialization seed.
+    **overrides: ``DurationTacotronConfig`` fields (e.g.
+      ``aligner_temperature``).
 
-  def __call__(self, tokens, token_lengths, mels, mel_lengths):
-    mask = layers.length_mask(token_lengths, tokens.shape[1])
-    emb = layers.apply_mask(self.embedding(jnp.where(mask, tokens, 0)), mask)
-    return self.aligner(emb, token_lengths, mels, mel_lengths)
+  Returns:
+    The model (only ``align`` is used here).
+  """
+  config = dt.duration_tacotron_config("tiny", num_symbols=num_symbols,
+                                       num_mels=num_mels, num_speakers=1,
+                                       **overrides)
+  return dt.DurationTacotron(config, rngs=nnx.Rngs(seed))
 
 
 class Batch(NamedTuple):
@@ -120,12 +125,12 @@ def split_examples(store: features.FeatureStore, max_eval: int = 0,
   return train, held
 
 
-def make_step(graphdef, opt, blank_logprob: float = -1.0):
-  """Jitted Adam step on forward-sum + w * binarization."""
+def make_step(graphdef, rest, opt, blank_logprob: float):
+  """Jitted Adam step on forward-sum + w * binarization of ``align``."""
 
   def loss_fn(params, batch, w_bin):
-    model = nnx.merge(graphdef, params)
-    out = model(*batch)
+    model = functional.merge(graphdef, params, rest)
+    out = model.align(*batch)
     fs = aligner_lib.forward_sum_loss(out.log_soft, batch.token_lengths,
                                       batch.mel_lengths, blank_logprob)
     bn = aligner_lib.binarization_loss(jax.lax.stop_gradient(out.hard),
@@ -145,11 +150,13 @@ def make_step(graphdef, opt, blank_logprob: float = -1.0):
 def train_aligner(train: Sequence[Example], num_symbols: int, *,
                   steps: int = 0, seconds: float = 0.0, batch_size: int = 16,
                   lr: float = 3e-3, bin_start: float = 0.3,
-                  bin_weight: float = 1.0, embed_dim: int = 64,
-                  dim: int = 64, temperature: float = 0.0005,
-                  seed: int = 0, log_every: int = 0
-                  ) -> AlignerOnly:
-  """Trains an ``AlignerOnly`` for ``steps`` steps or ``seconds`` wall.
+                  bin_weight: float = 1.0, seed: int = 0,
+                  log_every: int = 0, **overrides) -> dt.DurationTacotron:
+  """Trains a model's aligner for ``steps`` steps or ``seconds`` wall.
+
+  Only the aligner's losses are minimized, so only the symbol embedding and
+  the aligner change (Adam leaves parameters with zero gradients as they
+  are).
 
   Batches are drawn with ``seed`` and padded to one shape (the longest
   training clip, rounded up to 16), so one compilation serves every step.
@@ -166,27 +173,24 @@ def train_aligner(train: Sequence[Example], num_symbols: int, *,
     lr: Adam learning rate.
     bin_start: fraction of the run where the binarization ramp starts.
     bin_weight: final binarization weight.
-    embed_dim: symbol embedding width.
-    dim: aligner width.
-    temperature: the aligner's distance scale (0.0005: RAD-TTS and
-      ``DurationTacotronConfig.aligner_temperature``).
     seed: initialization and batch-order seed.
     log_every: print losses every so many steps (0: never).
+    **overrides: ``DurationTacotronConfig`` fields of the 'tiny' model.
 
   Returns:
-    The trained model.
+    The model with the trained aligner; ``model.steps_trained`` holds the
+    number of steps.
   """
   if (steps > 0) == (seconds > 0):
     raise ValueError("train_aligner: give exactly one of steps > 0 or "
                      "seconds > 0.")
   lt = bucket(max(len(e.tokens) for e in train))
   lf = bucket(max(len(e.mel) for e in train))
-  model = AlignerOnly(num_symbols, train[0].mel.shape[1], embed_dim, dim,
-                      temperature, rngs=nnx.Rngs(seed))
-  graphdef, params = nnx.split(model)
+  model = build_model(num_symbols, train[0].mel.shape[1], seed, **overrides)
+  graphdef, params, rest = functional.split(model)
   opt = optax.adam(lr)
   opt_state = opt.init(params)
-  step = make_step(graphdef, opt)
+  step = make_step(graphdef, rest, opt, model.config.blank_logprob)
   rng = np.random.default_rng(seed)
   b = min(batch_size, len(train))
 
@@ -212,18 +216,27 @@ def train_aligner(train: Sequence[Example], num_symbols: int, *,
       print(f"step {i}: forward-sum {float(fs):.3f} binarization "
             f"{float(bn):.3f}", flush=True)
   jax.block_until_ready(params)
-  model = nnx.merge(graphdef, params)
+  model = functional.merge(graphdef, params, rest)
   model.steps_trained = i
   return model
 
 
 def hard_durations(align_fn: Callable, examples: Sequence[Example],
                    batch_size: int = 16) -> List[np.ndarray]:
-  """Per-token MAS durations of each example (``align_fn`` as
-  ``AlignerOnly.__call__``), batched at one padded shape."""
+  """Per-token MAS durations of each example, batched at one padded shape.
+
+  Args:
+    align_fn: ``(tokens, token_lengths, mels, mel_lengths) ->
+      AlignerOutputs``, e.g. a model's ``align``, or a model that has one.
+    examples: the clips.
+    batch_size: clips per call.
+
+  Returns:
+    One int ``[L]`` array per example.
+  """
   lt = bucket(max(len(e.tokens) for e in examples))
   lf = bucket(max(len(e.mel) for e in examples))
-  fn = jax.jit(align_fn)
+  fn = jax.jit(getattr(align_fn, "align", align_fn))
   out = []
   for k in range(0, len(examples), batch_size):
     chunk = list(examples[k:k + batch_size])
@@ -277,12 +290,11 @@ def export_align_fn(export: str):
   """The aligner of a duration-model export as an ``align_fn``.
 
   Returns:
-    (align_fn, model.json dict): ``align_fn(tokens, token_lengths, mels,
-    mel_lengths)`` feeds the export's own symbol embedding to its aligner.
+    (the model's ``align`` method, the model.json dict).
   """
   from metatts.training import export as export_lib  # pylint: disable=g-import-not-at-top
   model, _, info, _ = export_lib.load_exported(export)
-  if not hasattr(model, "aligner"):
+  if not hasattr(model, "align"):
     raise ValueError(f"{info['directory']} holds a {info['model']!r} model, "
                      "which has no learned aligner; pass the export of a "
                      "duration_tacotron run.")
@@ -292,12 +304,7 @@ def export_align_fn(export: str):
                      "check needs a phoneme model (data.features.symbols = "
                      "'phonemes').")
 
-  def fn(tokens, token_lengths, mels, mel_lengths):
-    mask = layers.length_mask(token_lengths, tokens.shape[1])
-    emb = model.encoder.embedding(jnp.where(mask, tokens, 0))
-    emb = layers.apply_mask(emb, mask)
-    return model.aligner(emb, token_lengths, mels, mel_lengths)
-
+  fn = model.align
   return fn, info
 
 
@@ -338,8 +345,8 @@ def main(argv=None) -> int:
     fn = train_aligner(train, fc.num_symbols, steps=args.steps,
                        seconds=0.0 if args.steps else 60.0 * args.minutes,
                        batch_size=args.batch, lr=args.lr,
-                       temperature=args.temperature, seed=args.seed,
-                       log_every=100)
+                       seed=args.seed, log_every=100,
+                       aligner_temperature=args.temperature)
     print(f"trained {fn.steps_trained} steps (batch {args.batch}, lr "
           f"{args.lr:g}, temperature {args.temperature:g}) in "
           f"{time.perf_counter() - t1:.0f} s wall", flush=True)
