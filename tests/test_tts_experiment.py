@@ -13,6 +13,8 @@ synthetic corpus, a microscopic Tacotron, 4 training steps per method):
 The fast tests check the pieces against hand computation.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -121,18 +123,64 @@ def test_smoke_run_layout_export_and_protocol(smoke):
 def test_evaluation_audio_is_what_the_api_gives(smoke, tmp_path):
   """The evaluation's samples are ``metatts.load(...).adapt(...)
   .synthesize(...)`` on the same clips, seed and steps, sample for sample."""
+  _check_evaluation_equals_api(smoke.config, smoke.workdir, tmp_path,
+                               ("meta-fomaml", "scratch"))
+
+
+@pytest.fixture(scope="module")
+def duration_smoke(tmp_path_factory):
+  """The smoke run with the quickstart's acoustic model: the duration
+  Tacotron on phonemes, meta-learner started from the transfer export."""
+  tmp = str(tmp_path_factory.mktemp("tts_duration"))
+  config = _smoke_config(tmp)
+  config.model = {"name": "duration_tacotron", "size": "tiny",
+                  "embed_dim": 16, "encoder_dim": 16, "encoder_num_convs": 1,
+                  "aligner_dim": 16, "duration_dim": 16, "decoder_dim": 16,
+                  "decoder_num_convs": 2, "postnet_dim": 16,
+                  "postnet_num_convs": 2, "speaker_dim": 8,
+                  "max_frames": 320}
+  config.data.features.symbols = "phonemes"
+  config.train.init_from = "transfer"
+  config.vocoder.enabled = False
+  workdir = os.path.join(tmp, "run")
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    result = tts.run(config, workdir)
+  return types.SimpleNamespace(tmp=tmp, config=config, workdir=workdir,
+                               result=result, stdout=out.getvalue())
+
+
+@pytest.mark.slow
+def test_duration_model_runs_end_to_end(duration_smoke, tmp_path):
+  """The quickstart's model path: every method trains and exports the
+  duration Tacotron, the meta-learner starts from the transfer export, and
+  the evaluation's audio is the API's, sample for sample."""
+  w = duration_smoke.workdir
+  for method in ("transfer", "meta-fomaml"):
+    params, info = _final_params(os.path.join(w, method))
+    assert info["model"] == "duration_tacotron", info["model"]
+    assert {"aligner", "duration", "decoder", "speaker"} <= set(params)
+  run = json.load(open(os.path.join(w, "run.json")))
+  assert run["methods"] == ["transfer", "meta-fomaml"]
+  source = os.path.join(w, "transfer", "model")
+  assert (f"[meta-fomaml] initialized from {source} (transfer)."
+          in duration_smoke.stdout), duration_smoke.stdout[-2000:]
+  _check_evaluation_equals_api(duration_smoke.config, w, tmp_path,
+                               ("meta-fomaml",))
+
+
+def _check_evaluation_equals_api(c, w, tmp_path, methods):
   import metatts  # pylint: disable=g-import-not-at-top
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   from metatts import vocoders  # pylint: disable=g-import-not-at-top
   from metatts import voice  # pylint: disable=g-import-not-at-top
   from metatts.audio import io as aio  # pylint: disable=g-import-not-at-top
-  c, w = smoke.config, smoke.workdir
   data = tts.prepare_data(c, progress=False)
   examples = {e.utt_id: e for split in data.heldout.values()
               for exs in split.values() for e in exs}
   protocol = json.load(open(os.path.join(w, "samples", "protocol.json")))
   checked = 0
-  for method in ("meta-fomaml", "scratch"):
+  for method in methods:
     model = metatts.load(os.path.join(w, method), vocoder=(
         vocoders.GriffinLimVocoder(data.feature_config.mel_config(),
                                    int(c.adapt.griffin_lim_iters))))
@@ -159,7 +207,7 @@ def test_evaluation_audio_is_what_the_api_gives(smoke, tmp_path):
           np.testing.assert_array_equal(sf.read(path, dtype="int16")[0],
                                         sf.read(judged, dtype="int16")[0])
           checked += 1
-  assert checked >= 2 * 2 * len(c.adapt.steps)
+  assert checked >= len(methods) * 2 * len(c.adapt.steps)
 
 
 @pytest.mark.slow
