@@ -129,8 +129,8 @@ def test_evaluation_audio_is_what_the_api_gives(smoke, tmp_path):
 
 @pytest.fixture(scope="module")
 def duration_smoke(tmp_path_factory):
-  """The smoke run with the quickstart's acoustic model: the duration
-  Tacotron on phonemes, meta-learner started from the transfer export."""
+  """The smoke run with the duration Tacotron on phonemes, the
+  meta-learner started from the transfer export."""
   tmp = str(tmp_path_factory.mktemp("tts_duration"))
   config = _smoke_config(tmp)
   config.model = {"name": "duration_tacotron", "size": "tiny",
@@ -152,7 +152,7 @@ def duration_smoke(tmp_path_factory):
 
 @pytest.mark.slow
 def test_duration_model_runs_end_to_end(duration_smoke, tmp_path):
-  """The quickstart's model path: every method trains and exports the
+  """The duration model's path: every method trains and exports the
   duration Tacotron, the meta-learner starts from the transfer export, and
   the evaluation's audio is the API's, sample for sample."""
   w = duration_smoke.workdir

@@ -50,29 +50,28 @@ def get_config(arg: str = "quickstart"):
   c.name = f"quickstart-{size}"
   c.expected_minutes = 20
   c.methods = ("transfer", "meta-fomaml", "zeroshot")
-  # The duration-based Tacotron (learned RAD-TTS aligner, predicted
-  # durations, parallel conv decoder) on espeak-ng phonemes: the attention
-  # Tacotron does not align within a CPU budget (docs/models.md).
-  # Sized so that the whole run fits 20 minutes on an idle 2-core CPU: clips
-  # up to 256 frames (3.2 s), 20 clips per pre-training step (2 speakers x
-  # (5 support + 5 query)), 5-clip adaptation of 4 speakers per held-out
-  # split. The meta-learner starts from the transfer export and then gets
-  # the same clip budget (equal_budget).
-  c.model = {"name": "duration_tacotron", "size": "tiny", "max_frames": 400}
-  c.data.features = {"n_mels": 80, "symbols": "phonemes"}
+  # Sized so that the whole run fits 20 minutes on an idle 2-core CPU:
+  # reduction factor 4 (a quarter of the decoder steps), clips up to 256
+  # frames (3.2 s), 150 steps per method, 5-clip adaptation of 4 speakers per
+  # held-out split.
+  # The attention Tacotron on characters. The duration Tacotron
+  # (--config.model.name=duration_tacotron, with phonemes) runs through the
+  # same pipeline (tests/test_tts_experiment.py) but its quickstart setting
+  # is not settled yet: see docs/models.md.
+  c.model = {"name": "tacotron", "size": "tiny", "reduction_factor": 4,
+             "max_frames": 400}
   c.data.max_frames = 256
   c.data.max_tokens = 96
-  c.train.num_steps = 300
-  c.train.num_tasks = 2
-  c.train.outer_lr = 3e-3
-  c.train.init_from = "transfer"
+  c.train.num_steps = 150
   c.train.checkpoint_every = 50
   c.adapt.shots = (5,)
   c.adapt.max_speakers = 4
-  c.eval.metrics = ("secs", "eer", "wer")
   if size == "quickstart":
-    # Every method adapts by the protocol the meta-learner trains through:
-    # 5 SGD steps of lr 0.1 (docs/results/adaptation.md).
+    # What the 1500-step runs of docs/results/adaptation.md found to work
+    # best for the meta-learner: train through the test protocol itself
+    # (5 SGD steps of lr 0.1, also the adaptation protocol of every method).
+    # With equal_budget the 5-inner-step meta-learner makes 50 meta-steps
+    # for the 150 steps of transfer (same clip forward/backward passes).
     c.train.inner_lr = 0.1
     c.train.inner_steps.fomaml = 5
     c.adapt.lr = 0.1
@@ -90,9 +89,8 @@ def get_config(arg: str = "quickstart"):
         heldout_seen_per_voice=1, unseen_speakers=1, utts_per_speaker=(5, 5))
     c.data.max_tokens = 64
     c.data.max_frames = 256
-    # The smoke size keeps the attention Tacotron on characters, which
-    # most pipeline tests were written for; tests/test_tts_experiment.py
-    # runs this size with the quickstart's duration model and phonemes too.
+    # tests/test_tts_experiment.py also runs this size with the duration
+    # Tacotron on phonemes, started from the transfer export.
     c.data.features = {"n_mels": 20, "n_fft": 512, "win_length": 400}
     c.model = {"name": "tacotron", "size": "tiny", "embed_dim": 16,
                "encoder_dim": 16, "attention_dim": 16,
