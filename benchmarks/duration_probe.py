@@ -3,9 +3,11 @@ r"""Does the duration-based Tacotron speak after minutes of CPU training?
 Builds the quickstart data (``experiments/configs/quickstart.py``, with
 phoneme input: ``config.data.features.symbols = "phonemes"``), trains
 ``metatts.models.duration_tacotron`` multi-speaker with Adam for a fixed wall
-budget, adapts the speaker-table rows of held-out speakers (``heldout_seen``
-and ``heldout_unseen``) on 5 support clips each (only the ``speaker`` group,
-Adam), synthesizes other clips of those speakers with Griffin-Lim
+budget, adapts new speaker-table rows of held-out speakers (``heldout_seen``
+and ``heldout_unseen``) on 5 support clips each (by default only the
+``speaker`` group, 30 Adam steps; ``--adapt_*`` picks the quickstart's
+protocol, e.g. ``--adapt_filter speaker+decoder --adapt_opt sgd --adapt_lr
+0.1 --adapt_steps 5``), synthesizes other clips of those speakers with Griffin-Lim
 (``metatts.audio.features.mel_to_audio``, 32 iterations, as the evaluation
 does) and judges them with the evaluation's PocketSphinx WER
 (``metatts.evaluation.wer``) beside the WER of Griffin-Lim resynthesis of the
@@ -15,8 +17,8 @@ saves an alignment PNG and a mel PNG.
 Usage (2-core CPU, about ``--minutes`` + 2 min)::
 
   .venv/bin/python benchmarks/duration_probe.py --minutes 6 \
-      --out runs/duration_probe [--decoder conv] [--batch 16] [--lr 2e-3] \
-      [--model '{"decoder_dim": 128}'] [--bench]
+      --out runs/duration_probe [--decoder conv] [--batch 8] [--lr 3e-3] \
+      [--steps 800] [--model '{"decoder_dim": 128}'] [--bench]
 
 ``--bench`` only measures training steps/s of every decoder type.
 """
@@ -177,10 +179,12 @@ def vocode(mels, lengths, mel_config, floor):
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--minutes", type=float, default=6.0)
+  p.add_argument("--steps", type=int, default=0,
+                 help="train this many steps instead of --minutes (> 0)")
   p.add_argument("--out", default="runs/duration_probe")
   p.add_argument("--decoder", default="conv", choices=dt.DECODERS)
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--lr", type=float, default=2e-3)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--lr", type=float, default=3e-3)
   p.add_argument("--model", default="{}", help="JSON config overrides")
   p.add_argument("--bin_start", type=float, default=0.3,
                  help="fraction of the budget before binarization starts")
@@ -189,7 +193,14 @@ def main():
                  help="held-out speakers judged per split")
   p.add_argument("--clips", type=int, default=3, help="judged clips each")
   p.add_argument("--adapt_steps", type=int, default=30)
+  p.add_argument("--pace", type=float, default=1.0)
+  p.add_argument("--adapt_filter", default="speaker")
+  p.add_argument("--adapt_opt", default="adam", choices=("adam", "sgd"))
+  p.add_argument("--adapt_lr", type=float, default=1e-2)
   p.add_argument("--bench", action="store_true")
+  p.add_argument("--save", default="", help="save trained params (.npz)")
+  p.add_argument("--load", default="",
+                 help="skip training: load params saved with --save")
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
   config, data = load_data()
@@ -207,11 +218,17 @@ def main():
   budget = args.minutes * 60.0
   t0 = time.perf_counter()
   n, aux, first = 0, None, None
-  while True:
+  if args.load:
+    with np.load(args.load) as z:
+      leaves = [z[f"p{i}"] for i in range(len(z.files))]
+    params = jax.tree.unflatten(jax.tree.structure(params), leaves)
+    args.steps, args.minutes = 0, 0.0
+  while not args.load:
     el = time.perf_counter() - t0
-    if el > budget:
+    if (n >= args.steps) if args.steps > 0 else (el > budget):
       break
-    w_bin = args.bin_weight if el > args.bin_start * budget else 0.0
+    frac = n / args.steps if args.steps > 0 else el / budget
+    w_bin = args.bin_weight if frac > args.bin_start else 0.0
     params, opt_state, loss, aux = step(params, opt_state, next(it),
                                         jnp.float32(w_bin))
     n += 1
@@ -222,6 +239,11 @@ def main():
       print(f"step {n} t={el:.0f}s loss {float(loss):.3f} " + " ".join(
           f"{k}={float(v):.3f}" for k, v in sorted(aux.items())), flush=True)
   train_s = time.perf_counter() - t0
+  if args.save:
+    np.savez(args.save, **{f"p{i}": np.asarray(x) for i, x in
+                           enumerate(jax.tree.leaves(params))})
+  if args.load:
+    n, first, loss, aux = 1, 0.0, jnp.float32(0.0), {}
   sps = (n - 1) / max(train_s - first, 1e-9)
   print(f"TRAIN {n} steps in {train_s:.0f} s (first step incl. compile "
         f"{first:.0f} s): {sps:.2f} steps/s; final loss {float(loss):.3f} "
@@ -234,8 +256,10 @@ def main():
   for split in ("heldout_seen", "heldout_unseen"):
     for spk in sorted(data.heldout[split])[:args.speakers]:
       held.append((split, spk, slot0 + len(held)))
-  mask = functional.mask_from_filter(params, functional.filter_for("speaker"))
-  aopt = optax.adam(1e-2)
+  mask = functional.mask_from_filter(params, functional.filter_for(
+      args.adapt_filter))
+  aopt = (optax.adam if args.adapt_opt == "adam" else optax.sgd)(
+      args.adapt_lr)
   astep = make_train_step(graphdef, rest, aopt, mask)
   support = []
   judged = []
@@ -250,7 +274,8 @@ def main():
   aparams = params
   for _ in range(args.adapt_steps):
     aparams, a_state, aloss, _ = astep(aparams, a_state, sb, jnp.float32(0.0))
-  print(f"ADAPT speaker rows of {len(held)} speakers: {args.adapt_steps} "
+  print(f"ADAPT {args.adapt_filter} ({args.adapt_opt} lr {args.adapt_lr}) "
+        f"of {len(held)} speakers: {args.adapt_steps} "
         f"steps in {time.perf_counter() - t1:.0f} s, support loss "
         f"{float(aloss):.3f}", flush=True)
   amodel = functional.merge(graphdef, aparams, rest)
@@ -262,7 +287,7 @@ def main():
                                        mel_config.sample_rate,
                                        mel_config.hop_length, 400)
   out = dt.synthesize(amodel, jb.tokens, jb.token_lengths, jb.speaker_ids,
-                      max_frames=400, min_frames=minf)
+                      max_frames=400, min_frames=minf, pace=args.pace)
   wavs = vocode(out.mel, out.lengths, mel_config, floor)
   real = vocode(jb.mels, jb.mel_lengths, mel_config, floor)
   texts = [e.text for _, e, _ in judged]
