@@ -69,8 +69,7 @@ Array = jax.Array
 InferenceOutputs = tacotron.InferenceOutputs
 
 DECODERS = ("conv", "bilstm", "autoregressive")
-_PRENET_STREAM = 1
-_ENCODER_STREAM = 2
+_PRENET_STREAM = 1  # stream 2: the encoder (tacotron.encode_text)
 _POSTNET_STREAM = 3
 _DECODER_STREAM = 4
 _NUM_POSITION_FEATURES = 2
@@ -404,15 +403,12 @@ class DurationTacotron(nnx.Module):
     """
     _check_config(config)
     self.config = config
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-    self.dtype = dtype
-    spk = config.speaker_dim if (config.use_speaker_table or
-                                 config.external_speaker_dim > 0) else 0
-    self.speaker_width = spk
-    memory_dim = config.encoder_dim + spk
-    self.encoder = tacotron.Encoder(config, dtype=dtype, rngs=rngs)
-    self.speaker = nnx.data(tacotron.SpeakerConditioning(config, rngs=rngs)
-                            if spk > 0 else None)
+    front = tacotron.text_side(config, rngs)
+    dtype = self.dtype = front.dtype
+    self.speaker_width = front.speaker_width
+    memory_dim = config.encoder_dim + front.speaker_width
+    self.encoder = front.encoder
+    self.speaker = front.speaker
     self.aligner = aligner_lib.Aligner(
         config.embed_dim, config.num_mels, config.aligner_dim,
         temperature=config.aligner_temperature,
@@ -437,15 +433,9 @@ class DurationTacotron(nnx.Module):
     Returns:
       (memory [B, L, encoder_dim + speaker_dim] float32, mask [B, L] bool).
     """
-    mask = layers.length_mask(token_lengths, tokens.shape[1])
-    enc_keys = None if keys is None else tacotron._fold(keys, _ENCODER_STREAM)  # pylint: disable=protected-access
-    memory = self.encoder(tokens, mask, enc_keys)
-    if self.speaker is not None:
-      s = self.speaker(speaker_ids, speaker_vectors)
-      s = jnp.broadcast_to(s[:, None, :], memory.shape[:2] + s.shape[-1:])
-      memory = jnp.concatenate([memory, s], -1)
-      memory = layers.apply_mask(memory, mask)
-    return memory.astype(jnp.float32), mask
+    return tacotron.encode_text(self.encoder, self.speaker, tokens,
+                                token_lengths, speaker_ids, speaker_vectors,
+                                keys)
 
   def _decode(self, memory: Array, hard: Array, frame_mask: Array,
               keys: Array, conv_keys: Optional[Array],
@@ -705,25 +695,12 @@ def synthesize(model: DurationTacotron, tokens, token_lengths,
   token_lengths = jnp.asarray(lens, jnp.int32)
   tacotron.validate_inputs(c, tokens, token_lengths, speaker_ids,
                            speaker_vectors)
-  if max_frames is None:
-    max_frames = c.max_frames
-  if not 1 <= int(max_frames) <= c.max_frames:
-    raise ValueError(f"max_frames={max_frames} must lie in [1, "
-                     f"config.max_frames={c.max_frames}].")
   pace_arr = np.asarray(pace, np.float32)
   if not np.all(np.isfinite(pace_arr)) or np.any(pace_arr <= 0):
     raise ValueError(f"pace={pace} must be a positive number (1.0 = the "
                      "predicted speed, 2.0 = twice as slow).")
-  if min_frames is not None:
-    mf = np.asarray(min_frames)
-    if mf.shape != tokens.shape[:1] or mf.dtype.kind not in "iu" or np.any(
-        mf < 0):
-      raise ValueError(
-          f"min_frames must be non-negative integers of shape [B]="
-          f"{tokens.shape[0]}; got {mf.tolist()} (dtype {mf.dtype}).")
-    min_frames = jnp.asarray(mf, jnp.int32)
-  if speaker_ids is None:
-    speaker_ids = jnp.zeros(tokens.shape[:1], jnp.int32)
+  max_frames, min_frames, speaker_ids = tacotron.check_synthesis_args(
+      c, tokens, max_frames, min_frames, speaker_ids)
   out, raw_total = _infer_jit(model, tokens, token_lengths,
                               jnp.asarray(speaker_ids, jnp.int32), seeds,
                               speaker_vectors, min_frames,

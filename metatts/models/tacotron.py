@@ -664,6 +664,65 @@ def _fold(keys: Array, data: Any) -> Array:
   return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
 
 
+class TextFrontEnd(NamedTuple):
+  """The text side shared by the Tacotron-style models (see ``text_side``)."""
+
+  dtype: Any  # computation dtype (None = float32)
+  speaker_width: int  # width of the speaker conditioning (0 = none)
+  encoder: Any  # Encoder
+  speaker: Any  # SpeakerConditioning or None
+
+
+def text_side(config, rngs: nnx.Rngs) -> TextFrontEnd:
+  """Builds the encoder and speaker conditioning of a Tacotron-style model.
+
+  Args:
+    config: a ``TacotronConfig`` or any config with its encoder and speaker
+      fields (e.g. ``DurationTacotronConfig``).
+    rngs: parameter initialization keys.
+
+  Returns:
+    ``TextFrontEnd``; assign ``encoder`` and ``speaker`` to the model's
+    attributes of the same names (the parameter groups).
+  """
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
+  spk = config.speaker_dim if (config.use_speaker_table or
+                               config.external_speaker_dim > 0) else 0
+  encoder = Encoder(config, dtype=dtype, rngs=rngs)
+  speaker = nnx.data(SpeakerConditioning(config, rngs=rngs)
+                     if spk > 0 else None)
+  return TextFrontEnd(dtype, spk, encoder, speaker)
+
+
+def encode_text(encoder: Encoder, speaker: Optional[SpeakerConditioning],
+                tokens: Array, token_lengths: Array, speaker_ids: Array,
+                speaker_vectors: Optional[Array] = None,
+                keys: Optional[Array] = None) -> Tuple[Array, Array]:
+  """Encoder outputs joined with the speaker conditioning.
+
+  Args:
+    encoder: the model's ``Encoder``.
+    speaker: its ``SpeakerConditioning`` (None = no conditioning).
+    tokens: int [B, L].
+    token_lengths: int [B].
+    speaker_ids: int [B].
+    speaker_vectors: optional [B, external_speaker_dim].
+    keys: optional [B] per-utterance keys (enables conv dropout).
+
+  Returns:
+    (memory [B, L, encoder_dim + speaker_dim] float32, mask [B, L] bool).
+  """
+  mask = layers.length_mask(token_lengths, tokens.shape[1])
+  enc_keys = None if keys is None else _fold(keys, _ENCODER_STREAM)
+  memory = encoder(tokens, mask, enc_keys)
+  if speaker is not None:
+    s = speaker(speaker_ids, speaker_vectors)  # [B, S]
+    s = jnp.broadcast_to(s[:, None, :], memory.shape[:2] + s.shape[-1:])
+    memory = jnp.concatenate([memory, s], -1)
+    memory = layers.apply_mask(memory, mask)
+  return memory.astype(jnp.float32), mask
+
+
 class Tacotron(nnx.Module):
   """Tacotron 2-style text -> mel model (see the module docstring).
 
@@ -681,15 +740,12 @@ class Tacotron(nnx.Module):
     """
     _check_config(config)
     self.config = config
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-    self.dtype = dtype
-    spk = config.speaker_dim if (config.use_speaker_table or
-                                 config.external_speaker_dim > 0) else 0
-    self.speaker_width = spk
-    memory_dim = config.encoder_dim + spk
-    self.encoder = Encoder(config, dtype=dtype, rngs=rngs)
-    self.speaker = nnx.data(SpeakerConditioning(config, rngs=rngs)
-                            if spk > 0 else None)
+    front = text_side(config, rngs)
+    dtype = self.dtype = front.dtype
+    self.speaker_width = front.speaker_width
+    memory_dim = config.encoder_dim + front.speaker_width
+    self.encoder = front.encoder
+    self.speaker = front.speaker
     self.attention = LocationSensitiveAttention(
         config.attention_rnn_dim, memory_dim, config.attention_dim,
         config.location_filters, config.location_kernel_size, dtype=dtype,
@@ -714,15 +770,8 @@ class Tacotron(nnx.Module):
     Returns:
       (memory [B, L, encoder_dim + speaker_dim] float32, mask [B, L] bool).
     """
-    mask = layers.length_mask(token_lengths, tokens.shape[1])
-    enc_keys = None if keys is None else _fold(keys, _ENCODER_STREAM)
-    memory = self.encoder(tokens, mask, enc_keys)
-    if self.speaker is not None:
-      s = self.speaker(speaker_ids, speaker_vectors)  # [B, S]
-      s = jnp.broadcast_to(s[:, None, :], memory.shape[:2] + s.shape[-1:])
-      memory = jnp.concatenate([memory, s], -1)
-      memory = layers.apply_mask(memory, mask)
-    return memory.astype(jnp.float32), mask
+    return encode_text(self.encoder, self.speaker, tokens, token_lengths,
+                       speaker_ids, speaker_vectors, keys)
 
   # ---- training -----------------------------------------------------------
 
@@ -926,6 +975,44 @@ class Tacotron(nnx.Module):
                             stops.reshape(b, smax * r))
 
 
+def check_synthesis_args(config, tokens: Array, max_frames, min_frames,
+                         speaker_ids):
+  """Host-side checks of the synthesis arguments shared by the models.
+
+  Args:
+    config: the model's config (``max_frames`` is read).
+    tokens: int [B, L] (already validated).
+    max_frames: frame budget or None (``config.max_frames``).
+    min_frames: optional int [B] frame floor (see ``min_synthesis_frames``).
+    speaker_ids: optional int [B] (zeros if None).
+
+  Returns:
+    ``(max_frames int, min_frames int32 [B] or None, speaker_ids [B])``.
+
+  Raises:
+    ValueError: ``max_frames`` outside ``[1, config.max_frames]`` or bad
+      ``min_frames``.
+  """
+  if max_frames is None:
+    max_frames = config.max_frames
+  if not 1 <= int(max_frames) <= config.max_frames:
+    raise ValueError(
+        f"max_frames={max_frames} must lie in [1, config.max_frames="
+        f"{config.max_frames}].")
+  if min_frames is not None:
+    mf = np.asarray(min_frames)
+    if mf.shape != tokens.shape[:1] or mf.dtype.kind not in "iu" or np.any(
+        mf < 0):
+      raise ValueError(
+          f"min_frames must be non-negative integers of shape [B]="
+          f"{tokens.shape[0]}; got {mf.tolist()} (dtype {mf.dtype}). Use "
+          "min_synthesis_frames(token_lengths, sample_rate, hop_length).")
+    min_frames = jnp.asarray(mf, jnp.int32)
+  if speaker_ids is None:
+    speaker_ids = jnp.zeros(tokens.shape[:1], jnp.int32)
+  return int(max_frames), min_frames, speaker_ids
+
+
 @functools.partial(nnx.jit, static_argnames=("max_frames", "stop_threshold"))
 def _infer_jit(model, tokens, token_lengths, speaker_ids, seeds,
                speaker_vectors, max_frames, stop_threshold, min_frames=None):
@@ -966,23 +1053,8 @@ def synthesize(model: Tacotron, tokens, token_lengths, speaker_ids=None, *,
   tokens = jnp.asarray(tokens, jnp.int32)
   token_lengths = jnp.asarray(token_lengths, jnp.int32)
   validate_inputs(c, tokens, token_lengths, speaker_ids, speaker_vectors)
-  if max_frames is None:
-    max_frames = c.max_frames
-  if not 1 <= int(max_frames) <= c.max_frames:
-    raise ValueError(
-        f"max_frames={max_frames} must lie in [1, config.max_frames="
-        f"{c.max_frames}].")
-  if min_frames is not None:
-    mf = np.asarray(min_frames)
-    if mf.shape != tokens.shape[:1] or mf.dtype.kind not in "iu" or np.any(
-        mf < 0):
-      raise ValueError(
-          f"min_frames must be non-negative integers of shape [B]="
-          f"{tokens.shape[0]}; got {mf.tolist()} (dtype {mf.dtype}). Use "
-          "min_synthesis_frames(token_lengths, sample_rate, hop_length).")
-    min_frames = jnp.asarray(mf, jnp.int32)
-  if speaker_ids is None:
-    speaker_ids = jnp.zeros(tokens.shape[:1], jnp.int32)
+  max_frames, min_frames, speaker_ids = check_synthesis_args(
+      c, tokens, max_frames, min_frames, speaker_ids)
   return _infer_jit(model, tokens, token_lengths,
                     jnp.asarray(speaker_ids, jnp.int32), seeds,
                     speaker_vectors, int(max_frames), float(stop_threshold),
