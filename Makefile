@@ -50,7 +50,7 @@ test: $(STAMP) $(DEB_STAMP)
 
 # Builds the embedded corpus (cached in ~/.cache/metatts), trains a transfer
 # baseline and a meta-learned Tacotron on it, adapts both to held-out speakers
-# and writes runs/quickstart/report/index.html. About 9 minutes on an idle
+# and writes runs/quickstart/report/index.html. About 11 minutes on an idle
 # 2-core CPU after the install.
 quickstart: $(STAMP) $(DEB_STAMP)
 	$(PY) experiments/main.py --config experiments/configs/quickstart.py --workdir runs/quickstart

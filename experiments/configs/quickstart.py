@@ -19,11 +19,12 @@ and of an unseen voice (``heldout_unseen``) with 5 clips for 0/5/20/100 steps
 ``runs/quickstart/samples`` and the report ``runs/quickstart/report/
 index.html`` (speaker similarity and verification EER with Resemblyzer).
 
-Measured run time on this 2-core machine: 6.4 min wall (10.3 CPU-min) from
-a fresh clone with the corpus and features already cached (three methods +
-scratch; training 51 / 58 / 64 s, adaptation 164 s, evaluation 29 s);
-building the corpus and features from nothing adds about 4 min (measured
-244 s), so about 11 min on a fresh machine, plus the install step (4-6 min).
+Measured run time on this 2-core machine: 11.0 min wall (17.5 CPU-min) on
+2026-12-01 with the corpus and features already cached (three methods +
+scratch; training 84 / 80 / 113 s, adaptation 312 s, evaluation 46 s);
+building the corpus and features from nothing adds about 4 min, so about
+15 min on a fresh machine, plus the install step (4-6 min). Before the
+evaluation moved onto the one voice path (metatts.voice) it was 6.4 min.
 On a machine shared with other jobs it is proportionally slower (29.8 min
 with five other jobs on the 2 cores). Details and results:
 docs/results/adaptation.md. Rerunning reuses the corpus and feature caches
