@@ -428,11 +428,8 @@ class DurationTacotron(nnx.Module):
   def encode(self, tokens: Array, token_lengths: Array, speaker_ids: Array,
              speaker_vectors: Optional[Array] = None,
              keys: Optional[Array] = None) -> Tuple[Array, Array]:
-    """Encoder outputs joined with the speaker conditioning.
-
-    Returns:
-      (memory [B, L, encoder_dim + speaker_dim] float32, mask [B, L] bool).
-    """
+    """Encoder outputs joined with the speaker conditioning:
+    ``tacotron.encode_text`` on this model's encoder and speaker parts."""
     return tacotron.encode_text(self.encoder, self.speaker, tokens,
                                 token_lengths, speaker_ids, speaker_vectors,
                                 keys)

@@ -758,18 +758,8 @@ class Tacotron(nnx.Module):
   def encode(self, tokens: Array, token_lengths: Array, speaker_ids: Array,
              speaker_vectors: Optional[Array] = None,
              keys: Optional[Array] = None) -> Tuple[Array, Array]:
-    """Encoder outputs joined with the speaker conditioning.
-
-    Args:
-      tokens: int [B, L].
-      token_lengths: int [B].
-      speaker_ids: int [B].
-      speaker_vectors: optional [B, external_speaker_dim].
-      keys: optional [B] per-utterance keys (enables conv dropout).
-
-    Returns:
-      (memory [B, L, encoder_dim + speaker_dim] float32, mask [B, L] bool).
-    """
+    """Encoder outputs joined with the speaker conditioning: ``encode_text``
+    on this model's encoder and speaker conditioning."""
     return encode_text(self.encoder, self.speaker, tokens, token_lengths,
                        speaker_ids, speaker_vectors, keys)
 
