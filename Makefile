@@ -11,7 +11,10 @@ STAMP  := $(VENV)/.metatts-installed
 DEB_PACKAGES := flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
                 espeak-ng sox chromium
 DEB_STAMP := $(VENV)/.metatts-debian
-PYTEST_ARGS ?=
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay
+# shared): compilation is mostly single-threaded, so one process leaves a core
+# idle. PYTEST_ARGS= runs everything in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: test quickstart install system-deps clean
 

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 # Allow running from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from metatts import compile_cache  # pylint: disable=g-import-not-at-top
 from metatts import experiments  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -80,6 +81,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
   workdir = _WORKDIR.value
+  compile_cache.enable()  # ~/.cache/metatts/xla; METATTS_COMPILE_CACHE=off
   result = experiments.run(_CONFIG.value, workdir)
   print(json.dumps(result, indent=1))
   print(f"\nDone. Results: {result.get('results_path', workdir)}")

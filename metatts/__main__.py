@@ -167,6 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs the CLI; returns the exit status (2 for bad input)."""
   parser = build_parser()
   args = parser.parse_args(argv)
+  from metatts import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
   try:
     return args.func(args)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:

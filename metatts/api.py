@@ -653,6 +653,11 @@ def load(path: PathLike, vocoder: Union[None, str, PathLike, Any] = None
       'griffin-lim', a vocoder export directory, or a vocoder object (e.g.
       ``metatts.vocoders.GriffinLimVocoder(mel_config, n_iter=8)``).
 
+  The persistent compilation cache (``metatts.compile_cache``:
+  ``~/.cache/metatts/xla``, ``METATTS_COMPILE_CACHE=off`` to opt out) is
+  turned on, so adapting and synthesizing in a new process reuse the
+  programs an earlier one compiled.
+
   Returns:
     A :class:`TTS`.
 
@@ -660,6 +665,8 @@ def load(path: PathLike, vocoder: Union[None, str, PathLike, Any] = None
     FileNotFoundError: no export there (the message says what to run).
     ValueError: a corrupt or inconsistent export.
   """
+  from metatts import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
   model_dir = resolve_model_dir(path)
   head = _export_module().read_model_json(model_dir)
   fields = head.get("model_config", {})

@@ -310,3 +310,60 @@ def test_existing_build_gets_timings_without_resynthesis(timed_corpus,
   summary = synth.add_timings(str(out), workers=1, progress=False)
   assert summary["n_problems"] == 1
   assert summary["voices_with_timings"] == ["festival-kal", "flite-kal16"]
+
+
+# ----------------------------------------------------------------------------
+# alignment_shape: closed forms.
+
+
+def test_alignment_shape_of_hard_diagonal_antidiagonal_and_stuck_paths():
+  n = 11
+  diag = np.eye(n, dtype=np.float32)
+  s = al.alignment_shape(diag)
+  assert (s.monotonic, s.diagonal_deviation, s.coverage) == (1.0, 0.0, 1.0)
+  # Reversed: every move goes back; |1 - 2t/(n-1)| averages to 6/11 for n=11.
+  s = al.alignment_shape(diag[::-1])
+  assert s.monotonic == 0.0 and s.coverage == 1.0
+  np.testing.assert_allclose(s.diagonal_deviation,
+                             np.mean(np.abs(1 - 2 * np.arange(n) / (n - 1))))
+  # Stuck on the first symbol (attention keeps a little weight on the
+  # others; exact zeros would be padding): |t/(T-1)| averages to 1/2, 1 of n
+  # symbols covered.
+  stuck = np.full((n, n), 1e-3, np.float32)
+  stuck[:, 0] = 1
+  s = al.alignment_shape(stuck)
+  assert s.monotonic == 1.0 and s.coverage == 1 / n
+  np.testing.assert_allclose(s.diagonal_deviation, 0.5)
+
+
+def test_alignment_shape_drops_padding_and_durations_stretch_the_path():
+  # Durations (2, 3, 1) over 6 frames, padded to 9 frames x 5 symbols.
+  a = np.zeros((9, 5), np.float32)
+  for t, j in enumerate([0, 0, 1, 1, 1, 2]):
+    a[t, j] = 1
+  s = al.alignment_shape(a)
+  j = np.array([0, 0, 1, 1, 1, 2]) / 2
+  np.testing.assert_allclose(s.diagonal_deviation,
+                             np.mean(np.abs(j - np.arange(6) / 5)))
+  assert s.monotonic == 1.0 and s.coverage == 1.0
+  with pytest.raises(ValueError, match="no non-zero"):
+    al.alignment_shape(np.zeros((3, 3)))
+  with pytest.raises(ValueError, match="expected"):
+    al.alignment_shape(np.zeros(3))
+
+
+def test_workdir_shapes_reads_the_samples_layout(tmp_path, capsys):
+  for method, steps, a in (("transfer", 0, np.eye(4)),
+                           ("transfer", 5, np.eye(4)[::-1]),
+                           ("meta-fomaml", 5, np.eye(4))):
+    folder = tmp_path / "samples" / method / "shots_5" / f"steps_{steps}" / "spk"
+    folder.mkdir(parents=True)
+    np.save(folder / "u1.align.npy", a)
+  shapes = al.workdir_shapes(str(tmp_path))
+  assert sorted(shapes) == ["meta-fomaml", "transfer"]
+  assert shapes["transfer"][5][0].monotonic == 1.0
+  assert shapes["transfer"][5][5].monotonic == 0.0
+  assert al.main([str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert "| transfer | 5 | 5 | 1 | 0.000 |" in out
+  assert al.main([str(tmp_path / "nothing")]) == 2

@@ -424,8 +424,10 @@ def _worker(case, tmp):
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
   """One persistent XLA cache for the module's runs (same shapes recompile
-  nowhere: the initializer, the transfer step, the vocoder, the adapter)."""
-  return str(tmp_path_factory.mktemp("xla-cache"))
+  nowhere: the initializer, the transfer step, the vocoder, the adapter):
+  the session's (tests/conftest.py), or the module's own when it is off."""
+  return (os.environ.get("JAX_COMPILATION_CACHE_DIR")
+          or str(tmp_path_factory.mktemp("xla-cache")))
 
 
 def run_case(case, tmp, cache):

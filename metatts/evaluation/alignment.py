@@ -410,3 +410,118 @@ def summarize(errors: Sequence[Optional[np.ndarray]]) -> BoundaryStats:
   return BoundaryStats(float(np.median(allv)), float(np.mean(allv)),
                        float(np.percentile(allv, 90)), int(allv.size),
                        len(scored), skipped)
+
+
+# ----------------------------------------------------------------------------
+# The shape of a synthesized alignment (no reference needed).
+
+
+class AlignmentShape(NamedTuple):
+  """How monotonic and diagonal one alignment (or a mean of several) is."""
+
+  monotonic: float  # fraction of step-to-step moves of the argmax symbol >= 0
+  diagonal_deviation: float  # mean |argmax/(N-1) - step/(T-1)|, 0 = diagonal
+  coverage: float  # fraction of symbols that are some step's argmax
+  num_alignments: int
+
+
+def alignment_shape(alignment: np.ndarray) -> AlignmentShape:
+  """Monotonicity, distance from the diagonal and coverage of an alignment.
+
+  Args:
+    alignment: ``[steps, symbols]`` weights (attention or hard durations);
+      all-zero rows (padded steps) and trailing all-zero columns (padded
+      symbols) are dropped first.
+
+  Returns:
+    ``AlignmentShape`` of the most-weighted symbol per step: a hard
+    duration alignment is monotonic (1.0) with full coverage by
+    construction; a diffuse attention wanders (monotonic well below 1,
+    coverage well below 1, deviation near 1/3, that of a random path).
+
+  Raises:
+    ValueError: not 2-D, or no non-zero weight.
+  """
+  a = np.asarray(alignment, np.float64)
+  if a.ndim != 2:
+    raise ValueError(f"alignment of shape {a.shape}; expected [steps, "
+                     "symbols].")
+  a = a[np.abs(a).sum(1) > 0]
+  used = np.nonzero(np.abs(a).sum(0) > 0)[0]
+  if a.size == 0 or used.size == 0:
+    raise ValueError("alignment has no non-zero weight.")
+  a = a[:, :used[-1] + 1]
+  steps, n = a.shape
+  j = a.argmax(1)
+  moves = np.diff(j)
+  monotonic = float(np.mean(moves >= 0)) if steps > 1 else 1.0
+  deviation = float(np.mean(np.abs(j / max(n - 1, 1) -
+                                   np.arange(steps) / max(steps - 1, 1))))
+  coverage = float(np.unique(j).size / n)
+  return AlignmentShape(monotonic, deviation, coverage, 1)
+
+
+def mean_shape(shapes: Sequence[AlignmentShape]) -> AlignmentShape:
+  """The mean of several ``AlignmentShape`` (weighted by their counts)."""
+  total = sum(s.num_alignments for s in shapes)
+  if not total:
+    nan = float("nan")
+    return AlignmentShape(nan, nan, nan, 0)
+  avg = lambda f: float(sum(f(s) * s.num_alignments for s in shapes) / total)  # noqa: E731
+  return AlignmentShape(avg(lambda s: s.monotonic),
+                        avg(lambda s: s.diagonal_deviation),
+                        avg(lambda s: s.coverage), total)
+
+
+def workdir_shapes(workdir: str) -> dict:
+  """``{method: {shots: {steps: AlignmentShape}}}`` of a run's samples.
+
+  Reads every ``WORKDIR/samples/<method>/shots_<k>/steps_<s>/<speaker>/
+  *.align.npy`` (the alignment of each synthesized evaluation sentence).
+  """
+  import glob  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  found = {}
+  pattern = os.path.join(workdir, "samples", "*", "shots_*", "steps_*", "*",
+                         "*.align.npy")
+  for path in sorted(glob.glob(pattern)):
+    parts = path.split(os.sep)
+    method, shots, steps = parts[-5], parts[-4], parts[-3]
+    k = int(re.sub(r"\D", "", shots))
+    s = int(re.sub(r"\D", "", steps))
+    found.setdefault(method, {}).setdefault(k, {}).setdefault(s, []).append(
+        alignment_shape(np.load(path)))
+  return {m: {k: {s: mean_shape(v) for s, v in sorted(by_s.items())}
+              for k, by_s in sorted(by_k.items())}
+          for m, by_k in sorted(found.items())}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """``python -m metatts.evaluation.alignment WORKDIR``: a markdown table."""
+  import sys  # pylint: disable=g-import-not-at-top
+  args = list(sys.argv[1:] if argv is None else argv)
+  if len(args) != 1:
+    print("usage: python -m metatts.evaluation.alignment WORKDIR",
+          file=sys.stderr)
+    return 2
+  shapes = workdir_shapes(args[0])
+  if not shapes:
+    print(f"error: no samples/*/shots_*/steps_*/*/*.align.npy under "
+          f"{args[0]}; run the experiment's adaptation first.",
+          file=sys.stderr)
+    return 2
+  print("| method | shots | steps | alignments | monotonic | "
+        "mean abs(symbol/N - step/T) | symbol coverage |")
+  print("|---|---|---|---|---|---|---|")
+  for m, by_k in shapes.items():
+    for k, by_s in by_k.items():
+      for s, sh in by_s.items():
+        print(f"| {m} | {k} | {s} | {sh.num_alignments} | "
+              f"{sh.monotonic:.3f} | {sh.diagonal_deviation:.3f} | "
+              f"{sh.coverage:.3f} |")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -65,6 +65,7 @@ def imaml(
     inner_optimizer: Optional[optax.GradientTransformation] = None,
     filter: base.Filter = None,
     compute_dtype=None,
+    unroll: Optional[bool] = None,
 ) -> base.MetaLearner:
   """iMAML: meta-gradients of a proximally regularized inner problem.
 
@@ -88,6 +89,8 @@ def imaml(
     inner_optimizer: any optax transformation for the inner loop.
     filter: which parameters the inner loop adapts.
     compute_dtype: optional mixed-precision compute dtype.
+    unroll: unroll the inner loop (``None``: on CPU for short loops; see
+      ``metatts.meta.inner_loop``).
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -114,7 +117,7 @@ def imaml(
 
     def per_task(support, query):
       result = inner_loop(loss, partition, theta, support, inner,
-                          num_inner_steps, reg_fn=proximal)
+                          num_inner_steps, reg_fn=proximal, unroll=unroll)
       phi = jax.lax.stop_gradient(result.params)
       phi_a, frozen = partition.split(phi)
 

@@ -61,6 +61,7 @@ def maml(
     learn_inner_lr: Optional[str] = None,
     first_order_steps: int = 0,
     extra_metrics: bool = True,
+    unroll: Optional[bool] = None,
 ) -> base.MetaLearner:
   """Model-Agnostic Meta-Learning.
 
@@ -94,6 +95,8 @@ def maml(
       first this many outer steps, second order after.
     extra_metrics: also report the query loss before adaptation and the
       support loss after it (two extra forward passes per task).
+    unroll: unroll the inner loop (``None``: on CPU for up to
+      ``metatts.meta.inner.MAX_CPU_UNROLL`` steps; see ``inner_loop``).
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -126,7 +129,7 @@ def maml(
       result = inner_loop(
           loss, partition, params, support, inner_optimizer, num_inner_steps,
           lrs=extra if learn_inner_lr else None, per_step_lrs=per_step,
-          first_order=fo, remat=remat,
+          first_order=fo, remat=remat, unroll=unroll,
           query=query if multi_step_loss else None)
       if multi_step_loss:
         q_after = result.query_losses[-1]

@@ -25,6 +25,7 @@ def reptile(
     inner_optimizer: Optional[optax.GradientTransformation] = None,
     filter: base.Filter = None,
     compute_dtype=None,
+    unroll: Optional[bool] = None,
 ) -> base.MetaLearner:
   """Reptile: move the initialization towards the task-adapted parameters.
 
@@ -46,6 +47,8 @@ def reptile(
     inner_optimizer: any optax transformation for the inner loop.
     filter: which parameters the inner loop adapts.
     compute_dtype: optional mixed-precision compute dtype.
+    unroll: unroll the inner loop (``None``: on CPU for short loops; see
+      ``metatts.meta.inner_loop``).
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -66,7 +69,8 @@ def reptile(
     theta = jax.lax.stop_gradient(state.params)
 
     def per_task(support, query):
-      result = inner_loop(loss, partition, theta, support, inner, num_inner_steps)
+      result = inner_loop(loss, partition, theta, support, inner, num_inner_steps,
+                          unroll=unroll)
       phi = jax.lax.stop_gradient(result.params)
       q_before = loss(theta, query)[0]
       if all(partition.mask):

@@ -1,0 +1,35 @@
+"""Test-session setup: one persistent XLA compilation cache for the run.
+
+Many tests compile the same programs (the smoke runs, their ``kill -9``
+resume, the CLI and launcher subprocesses, the export reloads). A cache
+directory created fresh for this session, exported through the environment
+so that subprocesses use it too, compiles each program once per run; a run
+never reads a previous run's cache, so every run still compiles from
+scratch. ``METATTS_TEST_XLA_CACHE=DIR`` uses (and keeps) ``DIR`` instead;
+``METATTS_TEST_XLA_CACHE=off`` disables the cache.
+"""
+
+import os
+import shutil
+import tempfile
+
+_SETTING = os.environ.get("METATTS_TEST_XLA_CACHE", "")
+_OWNED = None
+if _SETTING != "off":
+  if _SETTING:
+    _DIR = os.path.abspath(os.path.expanduser(_SETTING))
+    os.makedirs(_DIR, exist_ok=True)
+  else:
+    _DIR = _OWNED = tempfile.mkdtemp(prefix="metatts-test-xla-")
+    os.environ["METATTS_TEST_XLA_CACHE"] = _DIR  # pytest-xdist workers share it
+  # Read by jax when it is imported, here and in every subprocess.
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _DIR
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", _DIR)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  if _OWNED and not hasattr(session.config, "workerinput"):
+    shutil.rmtree(_OWNED, ignore_errors=True)
