@@ -194,6 +194,34 @@ def test_docstring_names_the_exact_command(name, arg):
     assert f"{name}.py:{arg}" in flat, (name, arg)
 
 
+
+def test_speech_config_is_the_quickstart_with_the_duration_model():
+  """speech.py: the quickstart's corpus, methods and protocol with the
+  duration Tacotron on phonemes (values checked without training)."""
+  c, q = get_config("speech", None), get_config("quickstart", None)
+  assert c.experiment == "tts" and c.name == "speech"
+  assert tuple(c.methods) == tuple(q.methods)
+  assert (c.data.root, c.data.synth_preset) == (q.data.root,
+                                                q.data.synth_preset)
+  assert c.model.name == "duration_tacotron"
+  assert c.data.features.symbols == "phonemes"
+  assert c.train.init_from == "transfer" and c.train.init_from in c.methods
+  assert float(c.adapt.lr) == float(c.train.inner_lr) == 0.01
+  assert "wer" in c.eval.metrics
+  for m in c.methods:
+    learner = tts.make_learner(m, c.train, c.train.filter)
+    assert callable(learner.step)
+  mcfg = tacotron_of(c)
+  assert type(mcfg).__name__ == "DurationTacotronConfig"
+  assert mcfg.reduction_factor == 1 and mcfg.num_mels == 80
+  assert int(c.data.max_frames) <= mcfg.max_frames
+  doc = " ".join(re.sub(r"\\\s*\n", " ",
+                        load_module("speech").__doc__).split())
+  assert ("experiments/main.py --config experiments/configs/speech.py"
+          in doc)
+  with pytest.raises(ValueError, match="no argument"):
+    get_config("speech", "tiny")
+
 def test_model_sizes_are_ordered(param_counts):
   if len(param_counts) < len(TTS_CONFIGS):
     for case in TTS_CONFIGS:  # run alone: fill the counts
