@@ -367,6 +367,20 @@ def test_remat_gives_the_same_meta_gradient():
   assert_tree_close(g1, g2, rtol=1e-5, atol=1e-6)
 
 
+
+def test_unrolled_and_rolled_inner_loops_agree():
+  """``unroll`` changes how XLA runs the steps, not which steps run."""
+  tasks, params = make_tasks(), init_params()
+  g1, _ = meta_gradient(meta.maml(0.1, optax.sgd(1.0), 4, unroll=False),
+                        params, tasks)
+  g2, _ = meta_gradient(meta.maml(0.1, optax.sgd(1.0), 4, unroll=True),
+                        params, tasks)
+  assert_tree_close(g1, g2, rtol=1e-5, atol=1e-6)
+  assert meta.inner.resolve_unroll(4, True) and not meta.inner.resolve_unroll(
+      4, False)
+  assert meta.inner.resolve_unroll(4) == (jax.default_backend() == "cpu")
+  assert not meta.inner.resolve_unroll(meta.inner.MAX_CPU_UNROLL + 1)
+
 def test_bf16_compute_keeps_f32_params_and_is_close():
   tasks, params = make_tasks(), init_params()
   g32, _ = meta_gradient(meta.maml(0.1, optax.sgd(1.0), 1), params, tasks)

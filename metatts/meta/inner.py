@@ -31,8 +31,8 @@ def resolve_unroll(num_steps: int, unroll: Optional[bool] = None) -> bool:
   the same step outside one: an SGD step of the duration Tacotron on 5 clips
   took 0.58 s in the scan and 0.04 s unrolled
   (``benchmarks/inner_loop_unroll.py``, docs/benchmarks.md); unrolling costs
-  compile time instead, which grows with the steps. On accelerators the
-  rolled scan compiles faster and runs as fast.
+  compile time instead, which grows with the steps. Elsewhere the rolled
+  scan is kept (not measured on accelerators here).
   """
   if unroll is None:
     return jax.default_backend() == "cpu" and num_steps <= MAX_CPU_UNROLL
