@@ -137,7 +137,6 @@ def export_zeroshot_model(directory: str, *, model_config, encoder_config,
     ValueError: the acoustic model takes no external vector of the
       encoder's size.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from metatts.training import export  # pylint: disable=g-import-not-at-top
   ext = getattr(model_config, "external_speaker_dim", None)
   if ext != encoder_config.embed_dim:
@@ -145,18 +144,13 @@ def export_zeroshot_model(directory: str, *, model_config, encoder_config,
         f"The zero-shot acoustic model has external_speaker_dim={ext} but the"
         f" speaker encoder's embed_dim={encoder_config.embed_dim}; build both "
         "with metatts.methods.zeroshot.configs.")
-  path = export.export_model(
+  return export.export_model(  # one atomic write, the encoder included
       directory, method=method, model_name=model_name,
       model_config=model_config, params=params["acoustic"],
       feature_config=feature_config, symbols=symbols, speakers=speakers,
       adapt=adapt, info=dict(info or {}, speaker_encoder_config=(
-          export.config_to_dict(encoder_config))))
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.join(path, "speaker_encoder"),
-             jax.tree.map(np.asarray, params["speaker_encoder"]))
-  ckptr.wait_until_finished()
-  ckptr.close()
-  return path
+          export.config_to_dict(encoder_config))),
+      trees={"speaker_encoder": params["speaker_encoder"]})
 
 
 def load_zeroshot(directory: str):

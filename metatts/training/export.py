@@ -24,9 +24,13 @@ The ``adapt`` entry is the *one* test-time adaptation protocol of this run
 and the embedding row used for a new voice); the evaluation and the library
 API both use it, so every method is adapted the same way.
 
-Writing is atomic: the folder is assembled next to its destination and moved
-into place, so a crash never leaves a half-written export behind a valid
-``model.json``. Checkpoints use Orbax only, never pickle.
+Writing is atomic (``metatts.atomic``): the folder is assembled in a hidden
+sibling and renamed into place, so a crash or ``kill -9`` never leaves a
+half-written export, and an older export survives until the new one is
+complete. ``model.json`` is validated on write and on read
+(:func:`validate_model_info`: required keys, types, ranges such as the
+speaker slot within the speaker table); a failure is one line naming the
+file, the key and the fix. Checkpoints use Orbax only, never pickle.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
+import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from metatts import atomic
 
 PyTree = Any
 
@@ -57,6 +62,9 @@ class ExportError(ValueError):
 
 
 def _fix_hint(directory: str) -> str:
+  if os.path.isfile(os.path.join(directory, "voice.json")):
+    return (f"{directory} is a saved voice: adapt and save it again "
+            "(voice.save(DIR) or python -m metatts adapt ... --out DIR).")
   return (f"Re-run training (experiments/main.py with the same --workdir "
           f"finishes and exports) or point at WORKDIR/<method>/model; got "
           f"{directory}.")
@@ -149,8 +157,13 @@ def export_model(directory: str, *, method: str, model_name: str,
                  model_config: Any, params: PyTree, feature_config: Any,
                  symbols: str, speakers, adapt: Mapping[str, Any],
                  extra: Optional[PyTree] = None,
-                 info: Optional[Mapping[str, Any]] = None) -> str:
+                 info: Optional[Mapping[str, Any]] = None,
+                 trees: Optional[Mapping[str, PyTree]] = None) -> str:
   """Writes an export folder (atomically replacing an older one).
+
+  The folder is written into a hidden sibling and renamed into place
+  (``metatts.atomic.staged_dir``): an older export at ``directory`` survives
+  any failure, a ``kill -9`` included.
 
   Args:
     directory: destination, usually ``WORKDIR/<method>/model``.
@@ -167,6 +180,8 @@ def export_model(directory: str, *, method: str, model_name: str,
       learning rates, ``MetaState.extra``); stored and loaded back as the
       list of its leaves in flatten order.
     info: optional JSON-able additions to ``model.json``.
+    trees: optional further Orbax trees saved as ``directory/<name>/`` in
+      the same atomic write (e.g. a zeroshot export's ``speaker_encoder``).
 
   Returns:
     The absolute path of the export.
@@ -175,11 +190,36 @@ def export_model(directory: str, *, method: str, model_name: str,
     ValueError: bad ``adapt`` or parameters that do not fit ``model_config``.
   """
   directory = os.path.abspath(directory)
+  with atomic.staged_dir(directory) as tmp:
+    write_export(tmp, method=method, model_name=model_name,
+                 model_config=model_config, params=params,
+                 feature_config=feature_config, symbols=symbols,
+                 speakers=speakers, adapt=adapt, extra=extra, info=info,
+                 where=directory)
+    for name, tree in (trees or {}).items():
+      _save_tree(os.path.join(tmp, name), tree)
+  return directory
+
+
+def write_export(folder: str, *, method: str, model_name: str,
+                 model_config: Any, params: PyTree, feature_config: Any,
+                 symbols: str, speakers, adapt: Mapping[str, Any],
+                 extra: Optional[PyTree] = None,
+                 info: Optional[Mapping[str, Any]] = None,
+                 where: Optional[str] = None) -> None:
+  """Writes an export's files into an existing empty ``folder`` (not atomic).
+
+  The building block of :func:`export_model` and ``metatts.api.Voice.save``,
+  which call it on the temporary folder of ``metatts.atomic.staged_dir``.
+  Arguments as in :func:`export_model`; ``where`` names the destination in
+  error messages.
+  """
+  where = where or folder
   cfg = config_to_dict(model_config)
   model, _ = build_from_config(model_name, cfg, abstract=True)
   from metatts import functional  # pylint: disable=g-import-not-at-top
   _, expected, _ = functional.split(model)
-  _check_structure(expected, params, f"export_model({directory})")
+  _check_structure(expected, params, f"export_model({where})")
   has_extra = extra is not None and bool(jax.tree_util.tree_leaves(extra))
   meta_info = {
       "format": FORMAT, "version": VERSION, "method": str(method),
@@ -192,31 +232,17 @@ def export_model(directory: str, *, method: str, model_name: str,
   if info:
     meta_info.update(json.loads(json.dumps(dict(info),
                                            default=_json_default)))
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-  try:
-    _save_tree(os.path.join(tmp, PARAMS_DIR), params)
-    if has_extra:
-      # Stored as its flat list of leaves (the form of ``MetaState.extra``
-      # for Meta-SGD: one array per adapted leaf, in flatten order); Orbax
-      # would otherwise turn list indices into string keys.
-      leaves = jax.tree_util.tree_leaves(extra)
-      _save_tree(os.path.join(tmp, EXTRA_DIR),
-                 {f"{i:05d}": x for i, x in enumerate(leaves)})
-    with open(os.path.join(tmp, MODEL_JSON), "w", encoding="utf-8") as f:
-      json.dump(meta_info, f, indent=1, sort_keys=True)
-    old = None
-    if os.path.exists(directory):
-      old = tempfile.mkdtemp(prefix=".export-old-", dir=parent)
-      os.replace(directory, os.path.join(old, "model"))
-    os.replace(tmp, directory)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
-  return directory
+  validate_model_info(meta_info, f"export_model({where})", written=True)
+  _save_tree(os.path.join(folder, PARAMS_DIR), params)
+  if has_extra:
+    # Stored as its flat list of leaves (the form of ``MetaState.extra``
+    # for Meta-SGD: one array per adapted leaf, in flatten order); Orbax
+    # would otherwise turn list indices into string keys.
+    leaves = jax.tree_util.tree_leaves(extra)
+    _save_tree(os.path.join(folder, EXTRA_DIR),
+               {f"{i:05d}": x for i, x in enumerate(leaves)})
+  atomic.write_text(os.path.join(folder, MODEL_JSON),
+                    json.dumps(meta_info, indent=1, sort_keys=True))
 
 
 def _check_structure(expected: PyTree, got: PyTree, where: str) -> None:
@@ -236,6 +262,99 @@ def _check_structure(expected: PyTree, got: PyTree, where: str) -> None:
           f"{np.shape(g)}, but model_config gives {np.shape(e)}.")
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return (isinstance(x, (int, float, np.integer, np.floating))
+          and not isinstance(x, bool))
+
+
+def validate_model_info(info: Any, where: str, written: bool = False) -> None:
+  """Checks a ``model.json`` dict: required keys, types and ranges.
+
+  Args:
+    info: the parsed ``model.json``.
+    where: the file (or call) named in the message.
+    written: the dict is about to be written by :func:`export_model` (the
+      fix is then to pass other arguments, not to edit the file).
+
+  Raises:
+    ExportError: one line naming ``where``, the key and the fix.
+  """
+  fix = ("pass a valid value to export_model" if written else
+         "correct it in the file or re-export the model (re-run training)")
+
+  def bad(key, problem, how=fix):
+    raise ExportError(f"{where}: {key} {problem}; {how}.")
+
+  if not isinstance(info, dict):
+    bad("the file", f"holds a {type(info).__name__}, not a JSON object",
+        "re-export the model")
+  if info.get("format") != FORMAT:
+    bad("format", f"is {info.get('format')!r}, not {FORMAT!r} (not a "
+        "metatts model export)", "point at an export folder such as "
+        "WORKDIR/<method>/model")
+  version = info.get("version")
+  if not _is_int(version) or version < 1:
+    bad("version", f"is {version!r}, not an integer >= 1")
+  if version > VERSION:
+    bad("version", f"is {version}, newer than this metatts understands "
+        f"({VERSION})", "upgrade metatts")
+  kinds = {"method": str, "model": str, "model_config": dict,
+           "feature_config": dict, "symbols": str, "speakers": list,
+           "adapt": dict}
+  for key, kind in kinds.items():
+    if key not in info:
+      bad(key, "is missing (a required key)")
+    if not isinstance(info[key], kind):
+      bad(key, f"is {info[key]!r}, not a JSON "
+          f"{'object' if kind is dict else kind.__name__}")
+  if not all(isinstance(s, str) for s in info["speakers"]):
+    bad("speakers", "must be a list of speaker-id strings")
+  for key in ("learned_lrs", "has_extra"):
+    if key in info and not isinstance(info[key], bool):
+      bad(key, f"is {info[key]!r}, not true or false")
+  cfg = info["model_config"]
+  num_speakers = cfg.get("num_speakers")
+  if num_speakers is not None and (not _is_int(num_speakers)
+                                   or num_speakers < 1):
+    bad("model_config.num_speakers", f"is {num_speakers!r}, not an integer "
+        ">= 1")
+  adapt = info["adapt"]
+  for key in ADAPT_KEYS:
+    if key not in adapt:
+      bad(f"adapt.{key}", f"is missing (adapt needs all of "
+          f"{list(ADAPT_KEYS)})")
+  from metatts import functional  # pylint: disable=g-import-not-at-top
+  try:
+    functional.filter_for(adapt["filter"])
+  except ValueError:
+    bad("adapt.filter", f"is {adapt['filter']!r}, not a parameter filter",
+        f"use one of {list(functional.FILTER_NAMES)} or a '+'-joined "
+        "combination such as 'speaker+decoder'")
+  if adapt["optimizer"] not in OPTIMIZERS:
+    bad("adapt.optimizer", f"is {adapt['optimizer']!r}",
+        f"use one of {list(OPTIMIZERS)}")
+  lr = adapt["lr"]
+  if not _is_number(lr) or not np.isfinite(lr) or lr <= 0:
+    bad("adapt.lr", f"is {lr!r}, not a finite number > 0",
+        "use the inner learning rate of training (typically 0.001-0.1)")
+  steps = adapt["default_steps"]
+  if not _is_int(steps) or steps < 0:
+    bad("adapt.default_steps", f"is {steps!r}, not an integer >= 0",
+        "use e.g. 20")
+  slot = adapt["speaker_slot"]
+  if not _is_int(slot) or slot < 0:
+    bad("adapt.speaker_slot", f"is {slot!r}, not an integer >= 0")
+  if _is_int(num_speakers) and slot >= num_speakers:
+    bad("adapt.speaker_slot", f"is {slot}, outside the speaker table [0, "
+        f"{num_speakers}) of model_config.num_speakers",
+        f"use a row below {num_speakers} (training reserves the last one, "
+        f"{num_speakers - 1}, for new voices) or re-export the model")
+
+
 def resolve_export_dir(path: str) -> str:
   """Finds the export folder: ``path`` itself or ``path/model``.
 
@@ -244,6 +363,7 @@ def resolve_export_dir(path: str) -> str:
   """
   path = os.path.abspath(os.path.expanduser(path))
   for cand in (path, os.path.join(path, "model")):
+    atomic.recover(cand)  # a save killed between its two renames
     if os.path.isfile(os.path.join(cand, MODEL_JSON)):
       return cand
   raise FileNotFoundError(
@@ -263,20 +383,57 @@ def read_model_json(directory: str) -> Dict[str, Any]:
   except (OSError, json.JSONDecodeError) as e:
     raise ExportError(f"{path} is unreadable ({e}). " + _fix_hint(directory)
                       ) from e
-  if not isinstance(info, dict) or info.get("format") != FORMAT:
-    raise ExportError(f"{path} is not a metatts model export (format "
-                      f"{info.get('format') if isinstance(info, dict) else None!r}"
-                      f", expected {FORMAT!r}). " + _fix_hint(directory))
-  if int(info.get("version", -1)) > VERSION:
-    raise ExportError(
-        f"{path} has export version {info.get('version')}, newer than this "
-        f"metatts understands ({VERSION}); upgrade metatts.")
-  for key in ("method", "model", "model_config", "feature_config", "symbols",
-              "speakers", "adapt"):
-    if key not in info:
-      raise ExportError(f"{path} lacks the key {key!r}. " +
-                        _fix_hint(directory))
+  validate_model_info(info, path)
   return info
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+  """The first line of an Orbax / TensorStore error, without its spec dump."""
+  text = str(error).splitlines()[0] if str(error) else ""
+  text = text.split(" [tensorstore_spec=")[0].split(" [source locations=")[0]
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_closed_loop_report(unraisable) -> bool:
+  """Whether an unraisable-exception report is a late TensorStore callback
+  into the event loop of a restore that already failed."""
+  exc = unraisable.exc_value
+  if not (isinstance(exc, RuntimeError) and
+          str(exc) == "Event loop is closed"):
+    return False
+  tb = unraisable.exc_traceback
+  while tb is not None:
+    if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def quiet_closed_loop_reports() -> None:
+  """Drops the "Event loop is closed" reports of a failed Orbax restore.
+
+  Orbax runs a restore in a fresh asyncio loop and closes it as soon as one
+  array fails to read (``orbax.checkpoint._src.asyncio_utils``). TensorStore
+  reads of the other arrays are still in flight; when each finishes, its
+  callback calls ``loop.call_soon_threadsafe`` on the closed loop, and the
+  ``RuntimeError`` it raises is reported through ``sys.unraisablehook`` (a
+  six-line traceback per array, dozens for one damaged export, after the one
+  real error). The reads themselves are harmless; this chains a filter in
+  front of the current hook that drops exactly those reports (a
+  ``RuntimeError('Event loop is closed')`` raised in
+  ``call_soon_threadsafe``) and passes every other report on. Installed once,
+  on the first failed restore.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_metatts_closed_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_report(unraisable):
+      previous(unraisable)
+
+  hook._metatts_closed_loop_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def load_exported(directory: str, *, seed: int = 0
@@ -328,9 +485,10 @@ def load_exported(directory: str, *, seed: int = 0
   except (FileNotFoundError, ExportError):
     raise
   except Exception as e:  # Orbax raises many types for damaged files.
+    quiet_closed_loop_reports()
     raise ExportError(
         f"The parameters in {directory} cannot be restored "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+        f"({type(e).__name__}: {short_reason(e)}). "
         + _fix_hint(directory)) from e
   finally:
     ckptr.close()
@@ -340,5 +498,6 @@ def load_exported(directory: str, *, seed: int = 0
 
 
 __all__ = ["ADAPT_KEYS", "ExportError", "build_from_config", "config_to_dict",
-           "export_model", "load_exported", "read_model_json",
-           "resolve_export_dir"]
+           "export_model", "load_exported", "quiet_closed_loop_reports",
+           "read_model_json", "resolve_export_dir", "short_reason",
+           "validate_model_info", "write_export"]
