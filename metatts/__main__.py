@@ -9,8 +9,13 @@ is zero-shot cloning).
 
 ``CLIPS_DIR`` holds 1-10 audio files (``.wav``, ``.flac``, ``.ogg``) each with
 a transcript of the same name ending in ``.txt`` (``a.wav`` + ``a.txt``).
-Errors (a missing transcript, a silent or unreadable clip, empty text) are
-printed as one line naming the file and the fix, with exit status 2.
+Errors (a missing transcript, a silent or unreadable clip, empty text, a
+damaged or hand-edited voice.json / model.json, an ``--out`` equal to or
+inside ``--model``, an ``-o`` that is a folder) are printed as one line
+naming the file and the fix, with exit status 2 (1 for an operating-system
+failure such as a full disk). ``--out`` and ``-o`` are checked before any
+work, and both are written atomically: an existing voice or WAV survives a
+failure or ``kill -9``.
 """
 
 from __future__ import annotations
@@ -72,8 +77,12 @@ def find_clips(directory: str) -> Tuple[List[str], List[str]]:
 
 def _adapt(args: argparse.Namespace) -> int:
   from metatts import api  # pylint: disable=g-import-not-at-top
+  # Refuse a bad --out (the model itself or inside it, a file, a foreign
+  # folder, an unwritable place) before any work and before touching it.
+  model_dir = api.resolve_model_dir(args.model)
+  api.check_voice_target(args.out, (args.model, model_dir))
   paths, texts = find_clips(args.clips)
-  tts = api.load(args.model, vocoder=args.vocoder)
+  tts = api.load(model_dir, vocoder=args.vocoder)
   steps = tts.default_steps if args.steps is None else args.steps
   print(f"Adapting {tts.model_dir} ({tts.info.get('method')}) to "
         f"{len(paths)} clips for {steps} steps (filter {tts.filter_name}, "
@@ -100,15 +109,48 @@ def _adapt(args: argparse.Namespace) -> int:
 def _say(args: argparse.Namespace) -> int:
   from metatts import api  # pylint: disable=g-import-not-at-top
   from metatts.audio import io as aio  # pylint: disable=g-import-not-at-top
+  from metatts import atomic  # pylint: disable=g-import-not-at-top
   text = " ".join(args.text)
+  out = check_wav_target(args.output)
   voice = api.load_voice(args.voice, vocoder=args.vocoder)
   audio, sr = voice.synthesize(text, seed=args.seed)
-  out = os.path.abspath(args.output)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  aio.save_wav(out, audio, sr)
+  parent, name = os.path.split(out)
+  os.makedirs(parent, exist_ok=True)
+  # Written next to the target and renamed: an older file survives a kill.
+  tmp = os.path.join(parent, f".{name}{atomic.TMP_TAG}{os.getpid()}.wav")
+  try:
+    aio.save_wav(tmp, audio, sr)
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   print(f"Wrote {out} ({audio.shape[0] / sr:.2f} s at {sr} Hz, vocoder "
         f"{voice.tts.vocoder.name}).")
   return 0
+
+
+def check_wav_target(path: str) -> str:
+  """Checks ``say -o PATH`` before anything is synthesized.
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    ValueError: an existing folder, a name not ending in .wav, or a place
+      that cannot be written (one line with the fix).
+  """
+  from metatts import atomic  # pylint: disable=g-import-not-at-top
+  out = os.path.abspath(path)
+  if os.path.isdir(out):
+    raise ValueError(f"-o {path}: {out} is a folder; give a file name such "
+                     f"as {os.path.join(path, 'out.wav')}.")
+  if not out.lower().endswith(".wav"):
+    raise ValueError(f"-o {path}: the output is a WAV file; give a name "
+                     "ending in .wav (e.g. -o out.wav).")
+  if os.path.exists(out) and not os.access(out, os.W_OK):
+    raise ValueError(f"-o {path}: {out} is read-only; choose another file.")
+  atomic.check_writable_parent(out, "the WAV file")
+  return out
 
 
 def _positive_int(value: str) -> int:
@@ -174,6 +216,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:  # disk full, permissions changed mid-run, ...
+    print(f"error: {e}; nothing was replaced (saves are atomic), free space "
+          "or fix the permissions and run again.", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

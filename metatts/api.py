@@ -40,7 +40,11 @@ What happens underneath, and why:
 * ``Voice.save`` writes the adapted parameters with Orbax (never pickle) as an
   export of its own, plus ``voice.json`` (base model, speaker slot, steps,
   clips, losses) and a copy of the vocoder, so ``load_voice`` needs nothing
-  else.
+  else. The save is atomic (``metatts.atomic``): written into a hidden
+  sibling folder and renamed into place, so an existing voice survives any
+  failure, ``kill -9`` included. ``load_voice`` validates ``voice.json``
+  (:func:`validate_voice_record`) and the export's ``model.json``; each
+  problem is one ``ValueError`` line naming the file, the key and the fix.
 * A ``zeroshot`` export (a Tacotron conditioned on a speaker encoder's vector
   instead of a speaker table; ``model.json`` holds ``speaker_encoder_config``
   and the encoder is in ``speaker_encoder/``, see
@@ -75,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metatts import atomic
 from metatts import clips as clips_lib
 from metatts import functional
 from metatts import meta
@@ -156,6 +161,9 @@ def resolve_model_dir(path: PathLike) -> str:
     FileNotFoundError: nothing exported there; the message says what to run.
   """
   path = os.path.abspath(os.fspath(path))
+  atomic.recover(path)  # a save killed between its two renames
+  if os.path.isdir(path):
+    atomic.recover(os.path.join(path, "model"))
   if not os.path.isdir(path):
     raise FileNotFoundError(
         f"Model path {path} does not exist. Pass a training WORKDIR, "
@@ -583,25 +591,26 @@ class Voice:
     (``speaker_vector``, exact float32 values); the speaker encoder is not
     needed to speak and is not copied.
 
+    The save is atomic (``metatts.atomic.staged_dir``): everything is
+    written into a hidden sibling folder that is then renamed into place, so
+    a voice already at ``directory`` survives any failure, ``kill -9``
+    included, and is replaced only by a complete new one.
+
     Args:
-      directory: a new or empty directory (an existing voice is replaced).
+      directory: a new or empty directory, or a saved voice (replaced).
 
     Returns:
       The absolute directory.
+
+    Raises:
+      ValueError: ``directory`` is (or is inside) the folder the model or its
+        vocoder was loaded from, an existing file or a non-empty folder that
+        is not a saved voice, or under a folder that cannot be written.
     """
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.isdir(directory) and os.listdir(directory):
-      if not os.path.isfile(os.path.join(directory, VOICE_FILE)):
-        raise ValueError(
-            f"{directory} exists and is not a saved voice; choose a new or "
-            "empty directory.")
-      shutil.rmtree(directory)
-    os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
     tts, info = self.tts, self.tts.info
-    if directory == tts.model_dir:
-      raise ValueError(
-          f"Cannot save the voice over {directory}, the directory it was "
-          "loaded from; choose another directory.")
+    voc = tts.vocoder
+    voc_dir = getattr(voc, "directory", None)
+    directory = check_voice_target(directory, (tts.model_dir, voc_dir))
     standard = ("format", "version", "method", "model", "model_config",
                 "feature_config", "symbols", "speakers", "adapt",
                 "learned_lrs", "has_extra", "directory",
@@ -609,19 +618,6 @@ class Voice:
     params, vector = self.params, self.speaker_vector
     if vector is not None:
       params = self.params["acoustic"]
-    _export_module().export_model(
-        directory, method=info.get("method", "unknown"),
-        model_name=info.get("model", "tacotron"),
-        model_config=info["model_config"], params=params,
-        feature_config=info["feature_config"],
-        symbols=info.get("symbols", tts.symbols.name),
-        speakers=info.get("speakers", []), adapt=info.get("adapt", {}),
-        extra=tts.lrs,
-        info={k: v for k, v in info.items() if k not in standard})
-    voc = tts.vocoder
-    if isinstance(voc, vocoders.WaveNetVocoder):
-      shutil.copytree(voc.directory, os.path.join(directory, "vocoder",
-                                                  "model"))
     record = {
         "format": VOICE_FORMAT, "version": VOICE_VERSION,
         "base_model": tts.base_model_dir, "base_model_hash": tts.hash,
@@ -632,10 +628,56 @@ class Voice:
     if vector is not None:
       # float32 -> JSON float -> float32 is exact: the voice speaks the same.
       record["speaker_vector"] = [float(x) for x in vector]
-    with open(os.path.join(directory, VOICE_FILE), "w",
-              encoding="utf-8") as f:
-      json.dump(record, f, indent=1)
+    with atomic.staged_dir(directory) as tmp:
+      _export_module().write_export(
+          tmp, method=info.get("method", "unknown"),
+          model_name=info.get("model", "tacotron"),
+          model_config=info["model_config"], params=params,
+          feature_config=info["feature_config"],
+          symbols=info.get("symbols", tts.symbols.name),
+          speakers=info.get("speakers", []), adapt=info.get("adapt", {}),
+          extra=tts.lrs,
+          info={k: v for k, v in info.items() if k not in standard},
+          where=directory)
+      if isinstance(voc, vocoders.WaveNetVocoder):
+        shutil.copytree(voc.directory, os.path.join(tmp, "vocoder", "model"))
+      atomic.write_text(os.path.join(tmp, VOICE_FILE),
+                        json.dumps(record, indent=1))
     return directory
+
+
+def check_voice_target(directory: PathLike,
+                       protected: Sequence[Optional[PathLike]] = ()) -> str:
+  """Checks that a voice can be saved to ``directory``; touches nothing.
+
+  :meth:`Voice.save` runs it first, and ``python -m metatts adapt`` runs it
+  before loading and adapting, so a bad ``--out`` fails in a second.
+
+  Args:
+    directory: where the voice is to be saved.
+    protected: folders the voice must not replace or land inside (the model
+      it was adapted from, its vocoder, the CLI's ``--model``).
+
+  Returns:
+    The absolute directory.
+
+  Raises:
+    ValueError: one line naming the folder and the fix.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  atomic.check_not_within(directory, [os.fspath(p) for p in protected if p],
+                          "the voice")
+  if os.path.lexists(directory) and not os.path.isdir(directory):
+    raise ValueError(
+        f"Cannot save the voice to {directory}: it is a file; choose a new "
+        "folder name.")
+  if os.path.isdir(directory) and os.listdir(directory) and \
+      not os.path.isfile(os.path.join(directory, VOICE_FILE)):
+    raise ValueError(
+        f"Cannot save the voice to {directory}: the folder exists and is not "
+        "a saved voice (no voice.json); choose a new or empty folder.")
+  atomic.check_writable_parent(directory, "the voice folder")
+  return directory
 
 
 def load(path: PathLike, vocoder: Union[None, str, PathLike, Any] = None
@@ -699,8 +741,13 @@ def load_voice(directory: PathLike,
 
   Raises:
     FileNotFoundError: not a saved voice.
+    ValueError: a ``voice.json`` or ``model.json`` that fails validation
+      (:func:`validate_voice_record`,
+      ``metatts.training.export.validate_model_info``), or damaged
+      parameters; one line naming the file, the key and the fix.
   """
   directory = os.path.abspath(os.fspath(directory))
+  atomic.recover(directory)  # a save killed between its two renames
   path = os.path.join(directory, VOICE_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
@@ -708,19 +755,14 @@ def load_voice(directory: PathLike,
         "voice.save(DIR) or `python -m metatts adapt ... --out DIR`.")
   record = _read_json(path, "Corrupt {path} ({error}); adapt and save the "
                       "voice again.")
-  if record.get("format") != VOICE_FORMAT:
-    raise ValueError(f"{path} is not a metatts voice (format "
-                     f"{record.get('format')!r}); adapt and save again.")
-  if int(record.get("version", 0)) > VOICE_VERSION:
-    raise ValueError(f"{path} has voice format version {record['version']}, "
-                     f"newer than this metatts ({VOICE_VERSION}); upgrade "
-                     "metatts.")
+  validate_voice_record(record, path)
   model, params, info, extra = _export_module().load_exported(directory)
   fc = dfeat.FeatureConfig.from_config(info["feature_config"])
   if vocoder is None and record.get("vocoder") == "griffin-lim":
     vocoder = "griffin-lim"
   voc = vocoders.load_vocoder(vocoder, directory, fc.mel_config())
   tts = TTS(model, params, info, extra, directory, voc)
+  validate_voice_record(record, path, tts)
   tts.hash = record.get("base_model_hash", tts.hash)
   tts.base_model_dir = record.get("base_model", directory)
   fields = {k: v for k, v in record.items() if k not in (
@@ -728,16 +770,107 @@ def load_voice(directory: PathLike,
       "speaker_slot", "vocoder", "sample_rate", "speaker_vector")}
   params = tts.params
   if tts.zeroshot:
+    params = {"acoustic": tts.params,
+              "speaker_vector": jnp.asarray(np.asarray(
+                  record["speaker_vector"], np.float32))}
+  return Voice(tts, params, record["speaker_slot"], fields)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def validate_voice_record(record: Any, path: str,
+                          tts: Optional[TTS] = None) -> None:
+  """Checks a parsed ``voice.json``: required keys, types and ranges.
+
+  Without ``tts`` only what the file alone decides is checked (run before
+  the parameters are restored); with the loaded ``tts`` also the speaker
+  slot against its speaker table, the sample rate and a zeroshot voice's
+  vector.
+
+  Args:
+    record: the parsed JSON.
+    path: the file, named in the message.
+    tts: the voice folder's loaded model, or None.
+
+  Raises:
+    ValueError: one line naming the file, the key and the fix.
+  """
+  again = "or adapt and save the voice again"
+
+  def bad(key, problem, how=f"correct it {again}"):
+    raise ValueError(f"{path}: {key} {problem}; {how}.")
+
+  if not isinstance(record, dict):
+    bad("the file", f"holds a {type(record).__name__}, not a JSON object",
+        "adapt and save the voice again")
+  if record.get("format") != VOICE_FORMAT:
+    bad("format", f"is {record.get('format')!r}, not {VOICE_FORMAT!r} (not "
+        "a metatts voice)", "adapt and save the voice again")
+  version = record.get("version")
+  if not _is_int(version) or version < 1:
+    bad("version", f"is {version!r}, not an integer >= 1",
+        f"set it to {VOICE_VERSION} {again}")
+  if version > VOICE_VERSION:
+    bad("version", f"is {version}, newer than this metatts understands "
+        f"({VOICE_VERSION})", "upgrade metatts")
+  if "speaker_slot" not in record:
+    bad("speaker_slot", "is missing (a required key: the speaker-table row "
+        "the voice speaks with)", "add it (the model's adapt.speaker_slot in "
+        f"model.json) {again}")
+  slot = record["speaker_slot"]
+  if not _is_int(slot) or slot < 0:
+    bad("speaker_slot", f"is {slot!r}, not an integer >= 0")
+  if record.get("vocoder") not in (None, "griffin-lim", "wavenet"):
+    bad("vocoder", f"is {record['vocoder']!r}",
+        f"use 'griffin-lim' or 'wavenet' {again}")
+  for key in ("sample_rate", "steps"):
+    value = record.get(key)
+    if value is not None and (not _is_int(value) or value < 0 or
+                              (key == "sample_rate" and value == 0)):
+      bad(key, f"is {value!r}, not an integer "
+          f"{'> 0' if key == 'sample_rate' else '>= 0'}")
+  if record.get("seed") is not None and not _is_int(record["seed"]):
+    bad("seed", f"is {record['seed']!r}, not an integer or null")
+  losses = record.get("losses")
+  if losses is not None and not (isinstance(losses, list) and
+                                 all(_is_number(x) for x in losses)):
+    bad("losses", "must be a list of numbers")
+  for key in ("clips", "texts"):
+    value = record.get(key)
+    if value is not None and not (isinstance(value, list) and
+                                  all(isinstance(x, str) for x in value)):
+      bad(key, "must be a list of strings")
+  for key in ("base_model", "base_model_hash", "base_method"):
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+      bad(key, f"is {value!r}, not a string")
+  if tts is None:
+    return
+  cfg = tts.config
+  if getattr(cfg, "use_speaker_table", True) and slot >= cfg.num_speakers:
+    bad("speaker_slot", f"is {slot}, outside the model's speaker table [0, "
+        f"{cfg.num_speakers})", f"set it to {tts.speaker_slot} (the new-voice "
+        f"row, adapt.speaker_slot in model.json) {again}")
+  rate = record.get("sample_rate")
+  if rate is not None and rate != tts.feature_config.sample_rate:
+    bad("sample_rate", f"is {rate}, but the model's feature_config has "
+        f"{tts.feature_config.sample_rate}",
+        f"set it to {tts.feature_config.sample_rate} {again}")
+  if tts.zeroshot:
     vector = record.get("speaker_vector")
     dim = tts.config.external_speaker_dim
-    if not isinstance(vector, list) or len(vector) != dim:
-      raise ValueError(
-          f"{path} is a zeroshot voice but its speaker_vector is missing or "
-          f"not {dim} numbers; adapt and save the voice again.")
-    params = {"acoustic": tts.params,
-              "speaker_vector": jnp.asarray(np.asarray(vector, np.float32))}
-  return Voice(tts, params, int(record["speaker_slot"]), fields)
+    if not (isinstance(vector, list) and len(vector) == dim and
+            all(_is_number(x) and np.isfinite(x) for x in vector)):
+      bad("speaker_vector", f"is missing or not {dim} finite numbers (a "
+          "zeroshot voice speaks with it)", "adapt and save the voice again")
 
 
 __all__ = ["Clip", "GriffinLimVocoder", "TTS", "Voice", "WaveNetVocoder",
-           "load", "load_voice", "params_hash", "resolve_model_dir"]
+           "check_voice_target", "load", "load_voice", "params_hash",
+           "resolve_model_dir", "validate_voice_record"]
