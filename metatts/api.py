@@ -164,6 +164,9 @@ def resolve_model_dir(path: PathLike) -> str:
   atomic.recover(path)  # a save killed between its two renames
   if os.path.isdir(path):
     atomic.recover(os.path.join(path, "model"))
+    for d in os.listdir(path):  # WORKDIR/<method>/model
+      if not d.startswith(".") and os.path.isdir(os.path.join(path, d)):
+        atomic.recover(os.path.join(path, d, "model"))
   if not os.path.isdir(path):
     raise FileNotFoundError(
         f"Model path {path} does not exist. Pass a training WORKDIR, "

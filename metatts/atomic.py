@@ -5,8 +5,9 @@ Every saved artifact of metatts (a model export, a voice) is a folder. Saving
 
 1. :func:`recover` finishes or undoes an earlier save that was killed (see
    below) and deletes the temporary folders of saves whose process is gone.
-2. The new content is written into a hidden sibling ``P/.NAME.tmp-<pid>-<hex>``
-   (created with ``os.mkdir``, so its mode follows the user's umask).
+2. The new content is written into a hidden sibling
+   ``P/.NAME.tmp-<pid>-<hex>-<host>`` (created with ``os.mkdir``, so its mode
+   follows the user's umask).
 3. If ``P/NAME`` exists it is renamed to the backup ``P/.NAME.old``; the new
    folder is renamed to ``P/NAME``; the backup is deleted.
 
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import socket
 from typing import Iterator, Optional, Sequence
 
 TMP_TAG = ".tmp-"
@@ -50,6 +53,12 @@ def backup_path(target: str) -> str:
   """The hidden backup sibling ``P/.NAME.old`` of ``P/NAME``."""
   _, parent, name = _parts(target)
   return os.path.join(parent, f".{name}{OLD_TAG}")
+
+
+def _host() -> str:
+  """This machine's name as used in temporary folder names (a pid is only
+  meaningful on the host that wrote it, e.g. on a shared file system)."""
+  return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -82,8 +91,8 @@ def recover(target: str) -> None:
   * Only the backup ``.NAME.old`` exists: the save was killed between its two
     renames; the backup (the complete previous version) is renamed back.
   * Both exist: the swap had finished; the stale backup is deleted.
-  * ``.NAME.tmp-<pid>-*`` folders of processes that no longer run are
-    deleted (half-written saves).
+  * ``.NAME.tmp-<pid>-<hex>-<host>`` folders of processes of this host that
+    no longer run are deleted (half-written saves).
 
   Failures (e.g. a read-only folder) are ignored: loading still works from
   whatever complete version is there.
@@ -108,8 +117,9 @@ def recover(target: str) -> None:
       for entry in os.listdir(parent):
         if not entry.startswith(prefix):
           continue
-        pid = entry[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        parts = entry[len(prefix):].split("-", 2)  # pid, hex, host
+        if (len(parts) == 3 and parts[0].isdigit() and parts[2] == _host()
+            and not _pid_alive(int(parts[0]))):
           shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
   except OSError:
     pass
@@ -160,7 +170,7 @@ def mkdir_temp(target: str) -> str:
   os.makedirs(parent, exist_ok=True)
   while True:
     tmp = os.path.join(parent, f".{name}{TMP_TAG}{os.getpid()}-"
-                       f"{secrets.token_hex(4)}")
+                       f"{secrets.token_hex(4)}-{_host()}")
     try:
       os.mkdir(tmp, 0o777)
       return tmp
