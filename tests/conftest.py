@@ -7,11 +7,24 @@ so that subprocesses use it too, compiles each program once per run; a run
 never reads a previous run's cache, so every run still compiles from
 scratch. ``METATTS_TEST_XLA_CACHE=DIR`` uses (and keeps) ``DIR`` instead;
 ``METATTS_TEST_XLA_CACHE=off`` disables the cache.
+
+The tests are compile-bound (tiny models, few steps), so the session also
+compiles with ``--xla_backend_optimization_level=0``: the same XLA programs
+with less LLVM optimization, which halves the smoke run's wall time
+(docs/benchmarks.md, "The test suite"). ``METATTS_TEST_XLA_OPT=off`` keeps
+XLA's default optimization.
 """
 
 import os
 import shutil
 import tempfile
+
+_OPT_FLAG = "--xla_backend_optimization_level=0"
+if (os.environ.get("METATTS_TEST_XLA_OPT", "") != "off"
+    and _OPT_FLAG not in os.environ.get("XLA_FLAGS", "")):
+  # Before jax is imported; subprocesses inherit it through the environment.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                             + _OPT_FLAG).strip()
 
 _SETTING = os.environ.get("METATTS_TEST_XLA_CACHE", "")
 _OWNED = None

@@ -19,7 +19,10 @@ ROOT = SCRIPTS.parent.parent
 
 def _env(devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = " ".join(  # keeps the session's flags (conftest.py)
+      [f for f in env.get("XLA_FLAGS", "").split()
+       if not f.startswith("--xla_force_host_platform_device_count")]
+      + [f"--xla_force_host_platform_device_count={devices}"])
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(SCRIPTS), env.get("PYTHONPATH", "")])
   env["JAX_PLATFORMS"] = "cpu"
   return env
