@@ -6,7 +6,9 @@
 * the ``multitask`` method's loss is the acoustic model's loss plus the
   weighted speaker cross-entropy of the pooled generated mel plus the L2 of
   the trunk, computed here by hand from the same parameters;
-* the compute budget and the mean new-voice row.
+* the compute budget and the mean new-voice row;
+* ``zeroshot`` started from an ``init_from`` export takes every acoustic
+  parameter that export has, and only those.
 """
 
 import os
@@ -139,6 +141,34 @@ def test_multitask_names_a_model_without_a_teacher_forced_forward(
                       lambda *args: NoForward())
   with pytest.raises(ValueError, match="no_forward.*mel_after"):
     methods.get("multitask").setup(ctx, params)
+
+
+def test_zeroshot_warm_start_takes_every_fitting_acoustic_parameter():
+  ctx, params = _context()
+  ctx.config.train.speaker_encoder_size = "tiny"
+  z = methods.get("zeroshot")
+  assert z.uses_init_from
+  cold = z.setup(ctx, ctx.params0).params  # no init_from: random
+  source = jax.tree.map(lambda x: x + 1.0, params)  # an "export"
+  warm = z.setup(ctx, source).params
+  src = {jax.tree_util.keystr(k): v
+         for k, v in jax.tree_util.tree_leaves_with_path(source)}
+  taken = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(warm["acoustic"]):
+    key = jax.tree_util.keystr(path)
+    ref = dict(jax.tree_util.tree_leaves_with_path(cold["acoustic"]))[path]
+    if "'proj'" in key:  # the encoder-vector projection: no counterpart
+      assert key not in src
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(ref))
+    else:
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(src[key]))
+      taken += 1
+  # All of the export but its speaker table.
+  assert taken == len(src) - 1, (taken, len(src))
+  assert "table" not in warm["acoustic"]["speaker"]
+  for a, b in zip(jax.tree_util.tree_leaves(warm["speaker_encoder"]),
+                  jax.tree_util.tree_leaves(cold["speaker_encoder"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_budget_counts_clip_passes():

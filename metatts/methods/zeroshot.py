@@ -191,15 +191,57 @@ def load_zeroshot(directory: str):
                           "speaker_encoder": eparams}, info
 
 
+def warm_start(acoustic, source):
+  """``acoustic`` with every leaf that ``source`` has at the same path and
+  shape replaced by ``source``'s.
+
+  The zero-shot acoustic model is the run's model with the speaker table
+  replaced by a projection of the encoder's vector (``SpeakerConditioning``),
+  so a ``transfer`` export fills everything but ``speaker/proj``; its table
+  (``speaker/table``) has no counterpart and is dropped.
+
+  Returns:
+    ``(params, copied, total)``: the new pytree and the number of leaves
+    copied out of ``acoustic``'s.
+  """
+  flat_src = {jax.tree_util.keystr(k): v for k, v in
+              jax.tree_util.tree_leaves_with_path(source)}
+  copied = 0
+
+  def pick(path, leaf):
+    nonlocal copied
+    other = flat_src.get(jax.tree_util.keystr(path))
+    if other is None or np.shape(other) != np.shape(leaf):
+      return leaf
+    copied += 1
+    return jnp.asarray(other, jnp.asarray(leaf).dtype)
+
+  out = jax.tree_util.tree_map_with_path(pick, acoustic)
+  return out, copied, len(jax.tree_util.tree_leaves(acoustic))
+
+
 class ZeroShot(base.Method):
+  """Trains the speaker encoder and the acoustic model jointly.
+
+  With ``config.train.init_from`` (as every MAML-family method) the acoustic
+  model starts from that export's parameters wherever they fit
+  (:func:`warm_start`: all but the speaker table / vector projection); the
+  encoder and the projection start from random.
+  """
+
   name = "zeroshot"
   learner_name = "pretrain"
   new_voice = "encoder"
+  uses_init_from = True
 
   def setup(self, ctx: base.Context, params) -> base.Setup:
     # Its own architecture (external vector, no table) and the encoder.
-    del params
     graphdef, rest, egraphdef, erest, start = build(ctx, int(ctx.config.seed))
+    if params is not ctx.params0:  # config.train.init_from
+      acoustic, copied, total = warm_start(start["acoustic"], params)
+      start = dict(start, acoustic=acoustic)
+      base.say(f"[{self.name}] acoustic model: {copied} of {total} "
+               "parameter arrays from the init_from export.")
     return base.Setup(start, ZeroShotLoss(graphdef, rest, egraphdef, erest))
 
   def export(self, ctx: base.Context, directory: str, params, extra=None,
