@@ -18,7 +18,9 @@ The end-to-end runs are compile-bound; each runs in a subprocess with a
 persistent XLA cache shared by the module and
 ``--xla_backend_optimization_level=0``. Measured on the shared 2-core CPU
 (load ~5): the value tests 9 s; vctk 81 s, libritts 20 s, base-tiny 169 s
-(five methods that nothing else compiles, 15-39 s each); 280 s in all.
+(five methods that nothing else compiles, 15-39 s each); 280 s in all. The
+``base.py:tiny`` run is in ``test_config_base_tiny.py``, its own file so that
+pytest-xdist (``--dist loadfile``) runs it beside this one.
 """
 
 import copy
@@ -518,35 +520,6 @@ def test_full_config_runs_on_real_layout(tmp_path, compile_cache, corpus):
     nll = run["vocoder"]["heldout_nll"]
     assert sorted(nll) == ["heldout_unseen"]
     assert np.isfinite(nll["heldout_unseen"]["1"]["2"])
-
-
-@pytest.mark.slow
-def test_base_tiny_runs_every_method(tmp_path, compile_cache):
-  c, result, stdout = run_case("base-tiny", str(tmp_path), compile_cache)
-  methods = tuple(c.methods)
-  assert c.name == "base-tiny" and len(methods) == 7
-  assert set(methods) == set(tts.METHODS) - {"zeroshot"}
-  assert c.train.init_from == "transfer" and c.vocoder.enabled
-  workdir = str(tmp_path / "run")
-  with open(os.path.join(workdir, "samples", "manifest.json")) as f:
-    manifest = json.load(f)
-  unseen = sorted(s for s, v in manifest["speakers"].items()
-                  if v == "heldout_unseen")
-  seen = sorted(s for s, v in manifest["speakers"].items()
-                if v == "heldout_seen")
-  assert unseen and seen
-  run = check_run(c, workdir, result, methods, unseen, seen)
-  for m in methods:
-    # Equal budget: multi-inner-step learners make fewer (>= 1) steps.
-    steps = tts.steps_for_budget(m, c.train)
-    assert run["training"][m]["steps"] == steps, m
-    assert os.path.isdir(os.path.join(workdir, m, "checkpoints",
-                                      str(steps))), m
-    if m.startswith("meta-"):  # started from the transfer export
-      source = os.path.join(workdir, "transfer", "model")
-      assert f"[{m}] initialized from {source} (transfer)." in stdout, m
-  for split in ("heldout_seen", "heldout_unseen"):
-    assert np.isfinite(run["vocoder"]["heldout_nll"][split]["1"]["2"])
 
 
 if __name__ == "__main__":
