@@ -40,9 +40,11 @@ def make_step(learner: base.MetaLearner, loss_fn: LossFn, *,
     donate: donate the input state buffers (the caller must not reuse them).
 
   Returns:
-    The jitted step. On several devices the number of tasks N in a global
-    meta-batch must be divisible by the number of devices; in a multi-process
-    run each process passes its local N / process_count tasks.
+    The jitted step, with ``jax.jit``'s ``lower(state, tasks)`` (ahead-of-time
+    compilation and ``memory_analysis``) on any number of devices. On several
+    devices the number of tasks N in a global meta-batch must be divisible by
+    the number of devices; in a multi-process run each process passes its
+    local N / process_count tasks.
   """
   mesh = task_mesh() if mesh is None else mesh
   donate_argnums = (0,) if donate else ()
@@ -77,5 +79,12 @@ def make_step(learner: base.MetaLearner, loss_fn: LossFn, *,
           "(config.meta_batch_size), or pass mesh=task_mesh(devices[:k]).")
     return jitted(state, tasks)
 
+  def lower(state, tasks):
+    n = base.check_tasks(tasks)
+    if not multi_process and n % mesh.size:
+      return sharded_step(state, tasks)  # raises the divisibility error
+    return jitted.lower(state, tasks)
+
   sharded_step.jitted = jitted
+  sharded_step.lower = lower
   return sharded_step
