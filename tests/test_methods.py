@@ -171,6 +171,33 @@ def test_zeroshot_warm_start_takes_every_fitting_acoustic_parameter():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_meta_outer_lr_sets_only_the_meta_learners_outer_adam():
+  """Adam's first update moves every parameter by its rate (g / |g|)."""
+  from metatts.types import Task  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  y = rng.normal(size=(2, 3, 1)).astype(np.float32)
+  tasks = Task(support=(x, y), query=(x, y))
+  params = {"w": np.ones((4, 1), np.float32)}
+
+  def loss(p, batch):
+    return jnp.mean((batch[0] @ p["w"] - batch[1]) ** 2), {}
+
+  def moved(learner_name, meta_outer_lr):
+    t = ml_collections.ConfigDict({
+        "inner_lr": 0.01, "outer_lr": 1e-3, "meta_outer_lr": meta_outer_lr,
+        "inner_steps": {}, "reptile_epsilon": 0.5})
+    learner = base.learner_for(learner_name, t, "all")
+    state = learner.init(params)
+    new, _ = learner.step(state, tasks, loss)
+    return np.abs(np.asarray(new.params["w"]) - 1.0)
+
+  np.testing.assert_allclose(moved("fomaml", 1e-4), 1e-4, rtol=1e-3)
+  np.testing.assert_allclose(moved("maml", 1e-4), 1e-4, rtol=1e-3)
+  np.testing.assert_allclose(moved("fomaml", 0.0), 1e-3, rtol=1e-3)
+  np.testing.assert_allclose(moved("pretrain", 1e-4), 1e-3, rtol=1e-3)
+
+
 def test_budget_counts_clip_passes():
   t = ml_collections.ConfigDict({
       "num_steps": 150, "num_tasks": 4, "num_support": 5, "num_query": 5,

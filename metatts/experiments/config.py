@@ -59,6 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.filter = "speaker+decoder"
   c.train.inner_lr = 0.01
   c.train.outer_lr = 1e-3
+  # Outer Adam rate of maml/fomaml/metasgd/imaml; 0 = outer_lr. Meta-training
+  # started from a pre-trained export (init_from) can need a smaller one
+  # (experiments/configs/speech.py).
+  c.train.meta_outer_lr = 0.0
   c.train.inner_steps = ml_collections.ConfigDict(
       {"maml": 1, "fomaml": 1, "metasgd": 1, "reptile": 3, "imaml": 3})
   c.train.reptile_epsilon = 0.5

@@ -135,15 +135,18 @@ def learner_for(learner_name: str, t, filter_name: str):
                          filter=pred)
   kw = dict(inner_lr=float(t.inner_lr), num_inner_steps=inner_steps,
             filter=pred)
+  # The MAML family's outer Adam rate: ``meta_outer_lr`` when set (> 0),
+  # e.g. a smaller rate for meta-training started from a pre-trained export.
+  outer_lr = float(t.get("meta_outer_lr", 0.0) or t.outer_lr)
   if learner_name == "reptile":
     return meta.reptile(outer_optimizer=optax.sgd(float(t.reptile_epsilon)),
                         **kw)
   if learner_name == "imaml":
-    return meta.imaml(outer_optimizer=optax.adam(float(t.outer_lr)),
+    return meta.imaml(outer_optimizer=optax.adam(outer_lr),
                       lam=float(t.imaml_lam), cg_steps=int(t.imaml_cg_steps),
                       **kw)
   return meta.get_learner(learner_name,
-                          outer_optimizer=optax.adam(float(t.outer_lr)),
+                          outer_optimizer=optax.adam(outer_lr),
                           extra_metrics=False, **kw)
 
 
