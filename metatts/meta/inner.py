@@ -43,6 +43,7 @@ class InnerResult(NamedTuple):
   params: Params  # adapted parameters (full tree)
   support_losses: jax.Array  # float32 [num_steps]  support loss before each step
   query_losses: Optional[jax.Array]  # float32 [num_steps]  query loss after each step
+  opt_state: Optional[PyTree] = None  # the inner optimizer's state at the end
 
 
 def _step_lrs(lrs: Optional[Sequence[jax.Array]], num_steps: int,
@@ -71,6 +72,7 @@ def inner_loop(
     reg_fn: Optional[Callable] = None,
     query: Optional[PyTree] = None,
     unroll: Optional[bool] = None,
+    opt_state: Optional[PyTree] = None,
 ) -> InnerResult:
   """Runs ``num_steps`` inner-optimizer steps on ``support`` with ``lax.scan``.
 
@@ -97,12 +99,17 @@ def inner_loop(
       returned (MAML++ multi-step loss).
     unroll: unroll the steps' scan; ``None`` decides by backend and
       ``num_steps`` (:func:`resolve_unroll`). Either way the same steps run.
+    opt_state: the inner optimizer's state to continue from (a previous
+      result's ``opt_state``); None starts it afresh with ``init``. Runs of
+      ``n`` and then ``m`` steps chained this way are the same steps as one
+      run of ``n + m`` (a stateful optimizer such as Adam keeps its moments).
 
   Returns:
     An :class:`InnerResult`.
   """
   adapted0, frozen = partition.split(params)
-  opt_state0 = inner_optimizer.init(adapted0)
+  opt_state0 = (inner_optimizer.init(adapted0) if opt_state is None
+                else opt_state)
 
   def support_loss(adapted):
     value, _ = loss(partition.combine(adapted, frozen), support)
@@ -131,11 +138,12 @@ def inner_loop(
   if remat:
     one_step = jax.checkpoint(one_step)
   xs = _step_lrs(lrs, num_steps, per_step_lrs)
-  (adapted, _), outs = jax.lax.scan(
+  (adapted, opt_state_n), outs = jax.lax.scan(
       one_step, (adapted0, opt_state0), xs, length=num_steps,
       unroll=resolve_unroll(num_steps, unroll))
   query_losses = outs[1] if query is not None else None
-  return InnerResult(partition.combine(adapted, frozen), outs[0], query_losses)
+  return InnerResult(partition.combine(adapted, frozen), outs[0], query_losses,
+                     opt_state_n)
 
 
 def adapt(
@@ -150,6 +158,8 @@ def adapt(
     lrs: Optional[Sequence[jax.Array]] = None,
     per_step_lrs: bool = False,
     unroll: Optional[bool] = None,
+    opt_state: Optional[PyTree] = None,
+    return_state: bool = False,
 ):
   """Few-shot adaptation at test time, with the meta-learners' inner loop.
 
@@ -164,18 +174,24 @@ def adapt(
     lrs, per_step_lrs: learned inner learning rates (Meta-SGD / MAML++).
     unroll: see :func:`inner_loop` (``None``: unrolled on CPU for short
       loops).
+    opt_state: continue a stateful inner optimizer from this state (see
+      :func:`inner_loop`), e.g. to run a long adaptation in chunks.
+    return_state: also return the inner optimizer's final state.
 
   Returns:
     ``(adapted_params, losses)`` with ``losses`` float32[num_steps + 1]: the
-    support loss before each step and after the last one.
+    support loss before each step and after the last one; with
+    ``return_state``, ``(adapted_params, losses, opt_state)``.
   """
   loss = base.checked_loss(loss_fn, compute_dtype)
   partition = base.make_partition(params, filter)
   result = inner_loop(loss, partition, params, support, inner_optimizer,
                       num_steps, lrs=lrs, per_step_lrs=per_step_lrs,
-                      unroll=unroll)
+                      unroll=unroll, opt_state=opt_state)
   final, _ = loss(result.params, support)
   losses = jnp.concatenate([result.support_losses, final[None]])
+  if return_state:
+    return result.params, losses, result.opt_state
   return result.params, losses
 
 
