@@ -14,8 +14,10 @@ training::
 * ``meta-fomaml``: started from the transfer export
   (``config.train.init_from``), meta-trained through the test protocol
   (5 SGD steps of lr 0.01 on ``speaker+decoder``) for the same clip
-  forward/backward budget (1000 meta-steps);
-* ``zeroshot``: the speaker-encoder model, same budget;
+  forward/backward budget (1000 meta-steps), outer Adam lr 3e-4
+  (``config.train.meta_outer_lr``: at 3e-3 meta-training diverged);
+* ``zeroshot``: the speaker-encoder model, its acoustic part started from
+  the transfer export too (all but the speaker table), same budget;
 * then every method and ``scratch`` adapted to 8 held-out speakers per split
   (``heldout_seen``, ``heldout_unseen``) with 5 clips for 0/5/20/100 steps of
   SGD lr 0.01 (lr 0.1, the quickstart's, blows this model's decoder up:
@@ -23,10 +25,12 @@ training::
   SECS, EER and PocketSphinx WER beside the real and Griffin-Lim ceilings.
 
 Training resumes from checkpoints, so the run can be split over sessions.
-Measured on 2026-12-01 (docs/results/adaptation.md): 93 min wall on the
-2-core CPU, partly shared with the test suite (training 17 + 26 + 18 min,
-adaptation 10 min, evaluation 39 min, most of it PocketSphinx and
-Griffin-Lim of 1152 clips).
+Measured on 2026-12-01 (docs/results/adaptation.md) in three parts on the
+2-core CPU, most of them shared with other jobs: training transfer 17 min,
+meta-fomaml 21 min for its last 750 of 1000 meta-steps, zeroshot 14 min; adaptation about 10 min and
+evaluation about 45 min for the three methods (most of it PocketSphinx and
+Griffin-Lim); the first whole run of this config (with the settings that
+diverged) took 93 min.
 """
 
 import os
