@@ -18,7 +18,10 @@ exactly what a user runs:
   inner optimizer the steps run in compiled chunks of ``CHUNK`` (one
   compilation per support shape, and the snapshots at 5, 20 and 100 steps
   cost 100 steps); a stateful optimizer (Adam) runs every step count from
-  the start in one call, so its moments never restart.
+  the start in one call, so its moments never restart, or, with a progress
+  ``callback``, in the same chunks with its state carried over. Ctrl-C
+  between chunks raises :class:`AdaptationInterrupted` with the best
+  parameters seen so far.
 * :func:`synthesize` - text -> sentences -> Tacotron inference (until the
   stop token, but not before ``tacotron.min_synthesis_frames`` and not past a
   budget proportional to the text) -> vocoder -> one waveform, peak-limited
@@ -44,7 +47,8 @@ from __future__ import annotations
 import collections
 import functools
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import jax
 import jax.numpy as jnp
@@ -143,17 +147,21 @@ def encode_speaker(encoder_graphdef, encoder_rest, encoder_params, mels,
 
 @functools.lru_cache(maxsize=16)
 def adapt_function(graphdef, filter_name: str, optimizer_name: str,
-                   lr: float, per_step_lrs: bool, vector: bool = False):
+                   lr: float, per_step_lrs: bool, vector: bool = False,
+                   resumable: bool = False):
   """Jitted ``(params, lrs, rest, batch, num_steps) -> (params, losses)``.
 
   With ``vector`` the params are ``{"acoustic", "speaker_vector"}`` and the
-  loss is :func:`vector_voice_loss_fn`'s.
+  loss is :func:`vector_voice_loss_fn`'s. With ``resumable`` the function is
+  ``(params, opt_state, lrs, rest, batch, num_steps) -> (params, losses,
+  opt_state)``: a stateful optimizer (Adam) continues from ``opt_state``,
+  so a long run can go in chunks (:func:`adapt` with a ``callback``).
   """
   key = (graphdef, filter_name, optimizer_name, lr, per_step_lrs, vector)
   predicate = functional.filter_for(filter_name)
   inner_optimizer = OPTIMIZERS[optimizer_name](lr)
 
-  def adapt_fn(params, lrs, rest, batch, *, num_steps):
+  def run(params, opt_state, lrs, rest, batch, num_steps):
     ADAPT_TRACES[key] += 1  # a Python side effect: runs only while tracing
     if vector:
       loss_fn = vector_voice_loss_fn(graphdef, rest)
@@ -161,9 +169,25 @@ def adapt_function(graphdef, filter_name: str, optimizer_name: str,
       loss_fn = functional.make_loss_fn(graphdef, rest)
     return meta.adapt(params, batch, loss_fn,
                       inner_optimizer=inner_optimizer, num_steps=num_steps,
-                      filter=predicate, lrs=lrs, per_step_lrs=per_step_lrs)
+                      filter=predicate, lrs=lrs, per_step_lrs=per_step_lrs,
+                      opt_state=opt_state, return_state=resumable)
+
+  if resumable:
+    def resumable_fn(params, opt_state, lrs, rest, batch, *, num_steps):
+      return run(params, opt_state, lrs, rest, batch, num_steps)
+    return jax.jit(resumable_fn, static_argnames=("num_steps",))
+
+  def adapt_fn(params, lrs, rest, batch, *, num_steps):
+    return run(params, None, lrs, rest, batch, num_steps)
 
   return jax.jit(adapt_fn, static_argnames=("num_steps",))
+
+
+def init_optimizer_state(tts, params) -> Any:
+  """The inner optimizer's fresh state for ``params`` (``tts``'s filter)."""
+  predicate = functional.filter_for(tts.filter_name)
+  adapted, _ = meta.base.make_partition(params, predicate).split(params)
+  return OPTIMIZERS[tts.optimizer_name](1.0).init(adapted)
 
 
 @functools.lru_cache(maxsize=16)
@@ -238,7 +262,43 @@ class Adapted(NamedTuple):
   losses: Dict[int, np.ndarray]  # steps -> float32 [steps + 1] support loss
 
 
-def adapt(tts, params, batch, steps: Sequence[int]) -> Adapted:
+class AdaptationInterrupted(KeyboardInterrupt):
+  """Ctrl-C (SIGINT) during :func:`adapt`, with the best voice seen so far.
+
+  A ``KeyboardInterrupt``, so code that does not know it stops as usual.
+  The best voice is the chunk boundary (step 0 included) with the lowest
+  finite support loss among those completed before the interrupt.
+
+  Attributes:
+    steps_done: steps completed before the interrupt.
+    steps_requested: the largest step count asked for.
+    best_step: the step of the best chunk boundary, or None when no chunk
+      finished (e.g. interrupted while compiling).
+    params: the parameters at ``best_step`` (None without one).
+    losses: float32 [best_step + 1] support losses up to ``best_step``.
+    voice: ``metatts.api`` sets it to the :class:`metatts.api.Voice` of
+      ``params`` (None without one).
+  """
+
+  def __init__(self, steps_done: int, steps_requested: int,
+               best_step: Optional[int] = None, params: Any = None,
+               losses: Optional[np.ndarray] = None):
+    where = ("no chunk had finished" if best_step is None else
+             f"best so far: step {best_step}")
+    super().__init__(f"adaptation interrupted after {steps_done} of "
+                     f"{steps_requested} steps ({where})")
+    self.steps_done = int(steps_done)
+    self.steps_requested = int(steps_requested)
+    self.best_step = best_step
+    self.params = params
+    self.losses = (np.zeros((0,), np.float32) if losses is None else
+                   np.asarray(losses, np.float32))
+    self.voice = None
+
+
+def adapt(tts, params, batch, steps: Sequence[int],
+          callback: Optional[Callable[[int, int, float], Any]] = None
+          ) -> Adapted:
   """Adapts ``params`` on ``batch`` with the model's protocol.
 
   The inner loop is ``metatts.meta.adapt`` with ``tts``'s filter, inner
@@ -246,17 +306,34 @@ def adapt(tts, params, batch, steps: Sequence[int]) -> Adapted:
   the learned rate, as in Meta-SGD's meta-training). SGD runs in chunks of
   ``CHUNK`` steps that continue each other (chunk boundaries at multiples of
   ``CHUNK``), so 20 steps asked alone and 20 steps on the way to 100 are the
-  same computation; Adam runs each step count from the start.
+  same computation; without a ``callback`` Adam runs each step count from
+  the start in one compiled call (what the evaluation measures), with one it
+  runs in the same chunks, carrying its moments from chunk to chunk (the
+  same steps; equal to the one-call run up to float32 rounding).
+
+  Long runs: between chunks Python sees Ctrl-C (SIGINT), so a chunked run
+  stops within a chunk's time (5 steps; ~0.2 s for the duration Tacotron
+  on 5 clips on CPU, docs/benchmarks.md); a single compiled call (Adam
+  without a callback, or the first chunk's compilation) is only interrupted
+  when it returns. The interrupt is raised as :class:`AdaptationInterrupted`
+  (a ``KeyboardInterrupt``) carrying the parameters of the chunk boundary
+  with the lowest support loss so far.
 
   Args:
     tts: the loaded model (its ``_adapt_jit``, ``lrs``, ``rest``).
     params: the starting parameters (:func:`start`).
     batch: the support ``TTSBatch``.
     steps: step counts to return, e.g. ``(0, 5, 20, 100)``.
+    callback: optional ``callback(steps_done, steps_total, loss)`` called
+      after every chunk with the support loss at that boundary (a progress
+      bar); None leaves the computation exactly as the evaluation runs it.
 
   Returns:
     ``Adapted``: per step count the parameters and the support loss before
     each step and after the last.
+
+  Raises:
+    AdaptationInterrupted: Ctrl-C (SIGINT) while adapting.
   """
   counts = sorted({int(s) for s in steps})
   if not counts or counts[0] < 0:
@@ -272,24 +349,58 @@ def adapt(tts, params, batch, steps: Sequence[int]) -> Adapted:
   if counts[-1] == 0:
     _, ls = run(params, 0, 0)
     return Adapted({0: params}, {0: ls})
-  if tts.optimizer_name in STATELESS:
-    current, done, chain = params, 0, []
-    for s in counts:
-      while done < s:
-        n = min(CHUNK - done % CHUNK, s - done)
-        current, ls = run(current, done, n)
-        chain = chain[:-1] + list(ls) if chain else list(ls)
-        done += n
-      result[s] = current
-    chain = np.asarray(chain, np.float32)
-    losses = {s: chain[:s + 1] for s in counts}
-  else:
-    for s in counts:
-      if s:
-        result[s], losses[s] = run(params, 0, s)
+  stateful = tts.optimizer_name not in STATELESS
+  if stateful and callback is None:
+    try:
+      for s in counts:
+        if s:
+          result[s], losses[s] = run(params, 0, s)
+    except KeyboardInterrupt as e:
+      raise AdaptationInterrupted(0, counts[-1]) from e
     if 0 in counts:
       result[0] = params
       losses[0] = losses[counts[-1]][:1]
+    return Adapted(result, losses)
+
+  if stateful:
+    resumable = adapt_function(*tts._adapt_key, resumable=True)  # pylint: disable=protected-access
+    opt_state = init_optimizer_state(tts, params)
+
+  total, current, done, chain = counts[-1], params, 0, []
+  best = None  # (loss, step, params), replaced as one object
+  try:
+    for s in counts:
+      while done < s:
+        n = min(CHUNK - done % CHUNK, s - done)
+        if stateful:
+          current, ls, opt_state = resumable(
+              current, opt_state, _chunk_lrs(lrs, done, n, per_step),
+              tts.rest, batch, num_steps=n)
+          ls = np.asarray(ls, np.float32)
+        else:
+          current, ls = run(current, done, n)
+        if chain:
+          chain.pop()  # the boundary loss, again as the next chunk's first
+        elif np.isfinite(ls[0]):
+          best = (float(ls[0]), 0, params)
+        chain.extend(ls)
+        done += n
+        last = float(ls[-1])
+        if np.isfinite(last) and (best is None or last < best[0]):
+          best = (last, done, current)
+        if callback is not None:
+          callback(done, total, last)
+      result[s] = current
+  except KeyboardInterrupt as e:
+    if best is None:
+      raise AdaptationInterrupted(max(len(chain) - 1, 0), total) from e
+    # The curve a run of best[1] steps records: its last value is that
+    # chunk's own final loss (the chain holds the next chunk's first).
+    raise AdaptationInterrupted(
+        max(len(chain) - 1, 0), total, best[1], best[2],
+        np.asarray(chain[:best[1]] + [best[0]], np.float32)) from e
+  chain = np.asarray(chain, np.float32)
+  losses = {s: chain[:s + 1] for s in counts}
   return Adapted(result, losses)
 
 
@@ -434,9 +545,9 @@ def adapt_and_synthesize(tts, clips: Sequence[Any], texts: Sequence[str],
   return speech, adapted
 
 
-__all__ = ["ADAPT_TRACES", "Adapted", "CHUNK", "OPTIMIZERS", "PEAK_LIMIT",
+__all__ = ["ADAPT_TRACES", "AdaptationInterrupted", "Adapted", "CHUNK", "OPTIMIZERS", "PEAK_LIMIT",
            "SENTENCE_PAUSE_SECONDS", "SYNTH_MIN_SEC_PER_SYMBOL",
            "SYNTH_SEC_PER_SYMBOL", "Speech", "adapt", "adapt_and_synthesize",
            "adapt_function", "encode_function", "encode_speaker",
-           "infer_function", "split_text", "start", "synthesize",
+           "infer_function", "init_optimizer_state", "split_text", "start", "synthesize",
            "vector_voice_loss_fn", "vector_voice_model"]
