@@ -73,7 +73,8 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    Union)
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +109,7 @@ GRIFFIN_LIM_ITERS = vocoders.GRIFFIN_LIM_ITERS
 PEAK_LIMIT = voice_lib.PEAK_LIMIT
 OPTIMIZERS = voice_lib.OPTIMIZERS
 ADAPT_TRACES = voice_lib.ADAPT_TRACES
+AdaptationInterrupted = voice_lib.AdaptationInterrupted
 Clip = clips_lib.Clip
 GriffinLimVocoder = vocoders.GriffinLimVocoder
 WaveNetVocoder = vocoders.WaveNetVocoder
@@ -212,6 +214,15 @@ def params_hash(params: Any) -> str:
   return h.hexdigest()[:16]
 
 
+
+
+def check_steps(steps: Any) -> int:
+  """``steps`` as an int in [0, ``MAX_STEPS``], else one-line ValueError."""
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) \
+      or not 0 <= int(steps) <= MAX_STEPS:
+    raise ValueError(f"steps={steps!r} must be an integer in [0, "
+                     f"{MAX_STEPS}] (typical: 5-100).")
+  return int(steps)
 
 
 # ----------------------------------------------------------------------------
@@ -351,13 +362,15 @@ class TTS:
 
   def prepare_clips(self, wavs: Sequence[ClipLike], texts: Sequence[str],
                     sample_rate: Optional[int] = None,
-                    names: Optional[Sequence[str]] = None) -> List[Clip]:
+                    names: Optional[Sequence[str]] = None,
+                    check_speech: bool = True) -> List[Clip]:
     """``metatts.clips.prepare_clips`` with this model's settings (see
     :meth:`adapt` for the rules): one :class:`Clip` per input."""
     return clips_lib.prepare_clips(
         wavs, texts, feature_config=self.feature_config,
         symbols=self.symbols, max_tokens=self.max_tokens,
-        max_frames=self.max_frames, sample_rate=sample_rate, names=names)
+        max_frames=self.max_frames, sample_rate=sample_rate, names=names,
+        check_speech=check_speech)
 
   def make_batch(self, clips: Sequence[Clip],
                  seed: Optional[int] = None) -> TTSBatch:
@@ -384,7 +397,9 @@ class TTS:
   def adapt(self, wavs: Sequence[ClipLike], texts: Sequence[str],
             steps: Optional[int] = None, seed: Optional[int] = None,
             sample_rate: Optional[int] = None,
-            names: Optional[Sequence[str]] = None) -> "Voice":
+            names: Optional[Sequence[str]] = None,
+            progress: Union[bool, Callable[[int, int, float], Any]] = False,
+            check_speech: bool = True) -> "Voice":
     """Adapts the model to a new speaker from 1-10 transcribed clips.
 
     Runs ``metatts.meta.adapt`` (the meta-learners' inner loop) with the
@@ -399,6 +414,14 @@ class TTS:
     ``theta - alpha * g`` with the learned ``alpha`` replacing the
     optimizer's rate, as in meta-training.
 
+    Ctrl-C (SIGINT) stops a run between chunks of ``metatts.voice.CHUNK``
+    steps and raises :class:`AdaptationInterrupted` (a
+    ``KeyboardInterrupt``); its ``voice`` is the best voice so far (the
+    chunk boundary with the lowest support loss, ``voice.info["steps"]``
+    its step) or None when no chunk had finished. An Adam export without
+    ``progress`` runs in one compiled call (exactly what the evaluation
+    measures), which Ctrl-C stops only when it returns, with no voice.
+
     Args:
       wavs: 1-10 clips: audio file paths (any libsndfile format, resampled to
         the model's rate) or float waveform arrays [S] (then ``sample_rate``
@@ -406,13 +429,22 @@ class TTS:
         training features; 2-10 s of clean speech each works best.
       texts: the transcript of each clip (raw English; numbers and
         abbreviations are expanded).
-      steps: gradient steps (default: the export's ``default_steps``).
+      steps: gradient steps, 0 to ``MAX_STEPS`` (default: the export's
+        ``default_steps``).
       seed: the prenet dropout is on while adapting (as in training); None
         uses the model's fixed default masks, exactly like the evaluation's
         adaptation; an int draws other masks. The same value gives the same
         voice.
       sample_rate: sample rate of array clips.
       names: optional clip names recorded in the voice (default: the paths).
+      progress: False (the default: quiet, as a library call should be),
+        True for a tqdm bar on stderr with the support loss, or a callable
+        ``progress(steps_done, steps_total, loss)`` called after every chunk.
+        SGD gives the same numbers either way; Adam then runs in chunks
+        (equal up to float32 rounding).
+      check_speech: refuse clips that do not sound like speech
+        (``metatts.clips.speech_fraction`` below
+        ``metatts.clips.MIN_SPEECH_FRACTION``: noise, hiss); False skips it.
 
     Returns:
       A :class:`Voice`; ``voice.losses`` is the support loss before each step
@@ -420,34 +452,65 @@ class TTS:
 
     Raises:
       ValueError: wrong number of clips, mismatched lists, an unreadable,
-        silent, clipped, too short or too long clip, an empty transcript or
-        one that cannot match its clip (the message names the clip).
+        silent, clipped, too short or too long clip, one that is not speech,
+        an empty transcript or one that cannot match its clip (the message
+        names the clip), or ``steps`` outside [0, ``MAX_STEPS``].
       FileNotFoundError: a clip path does not exist.
+      AdaptationInterrupted: Ctrl-C while adapting (see above).
     """
-    steps = self.default_steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) \
-        or not 0 <= int(steps) <= MAX_STEPS:
-      raise ValueError(f"steps={steps!r} must be an integer in [0, "
-                       f"{MAX_STEPS}] (typical: 5-100).")
-    clips = self.prepare_clips(wavs, texts, sample_rate, names)
+    steps = check_steps(self.default_steps if steps is None else steps)
+    clips = self.prepare_clips(wavs, texts, sample_rate, names, check_speech)
+    return self.adapt_clips(clips, steps, seed, progress)
+
+  def adapt_clips(self, clips: Sequence[Clip], steps: Optional[int] = None,
+                  seed: Optional[int] = None,
+                  progress: Union[bool, Callable[[int, int, float], Any]
+                                  ] = False) -> "Voice":
+    """:meth:`adapt` on clips already checked by :meth:`prepare_clips`.
+
+    ``python -m metatts adapt`` prepares (and so validates) the clips first,
+    says what it is about to do, then calls this.
+    """
+    steps = check_steps(self.default_steps if steps is None else steps)
     batch = self.make_batch(clips, seed)
-    adapted = voice_lib.adapt(self, voice_lib.start(self, batch), batch,
-                              [int(steps)])
-    params, losses = adapted.params[int(steps)], adapted.losses[int(steps)]
+    info = {
+        "steps": steps, "seed": None if seed is None else int(seed),
+        "clips": [c.name for c in clips], "texts": [c.text for c in clips],
+        "filter": self.filter_name, "optimizer": self.optimizer_name,
+        "lr": self.lr, "learned_lrs": self.lrs is not None,
+    }
+    if self.zeroshot:
+      info["zeroshot"] = True
+    bar, callback = None, None
+    if callable(progress):
+      callback = progress
+    elif progress and steps > 0:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      bar = tqdm(total=steps, desc="adapting", unit="step", leave=True)
+
+      def callback(done, total, loss):
+        del total
+        bar.update(done - bar.n)
+        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+    try:
+      adapted = voice_lib.adapt(self, voice_lib.start(self, batch), batch,
+                                [steps], callback=callback)
+    except AdaptationInterrupted as e:
+      if e.params is not None:
+        e.voice = Voice(self, e.params, self.speaker_slot, dict(
+            info, steps=e.best_step, losses=e.losses.tolist(),
+            steps_requested=steps, interrupted=True))
+      raise
+    finally:
+      if bar is not None:
+        bar.close()
+    params, losses = adapted.params[steps], adapted.losses[steps]
     if not np.all(np.isfinite(losses)):
       raise FloatingPointError(
           f"Adaptation diverged (support losses {losses.tolist()}); use fewer "
           "steps or check the clips (very loud or noisy audio).")
-    info = {
-        "steps": int(steps), "seed": None if seed is None else int(seed),
-        "clips": [c.name for c in clips], "texts": [c.text for c in clips],
-        "losses": losses.tolist(), "filter": self.filter_name,
-        "optimizer": self.optimizer_name, "lr": self.lr,
-        "learned_lrs": self.lrs is not None,
-    }
-    if self.zeroshot:
-      info["zeroshot"] = True
-    return Voice(self, params, self.speaker_slot, info)
+    return Voice(self, params, self.speaker_slot,
+                 dict(info, losses=losses.tolist()))
 
   def speaker_vector(self, batch: TTSBatch) -> jax.Array:
     """A zeroshot model's start vector: the encoder's mean over the clips.
@@ -874,6 +937,6 @@ def validate_voice_record(record: Any, path: str,
           "zeroshot voice speaks with it)", "adapt and save the voice again")
 
 
-__all__ = ["Clip", "GriffinLimVocoder", "TTS", "Voice", "WaveNetVocoder",
-           "check_voice_target", "load", "load_voice", "params_hash",
+__all__ = ["AdaptationInterrupted", "Clip", "GriffinLimVocoder", "TTS",
+           "Voice", "WaveNetVocoder", "check_steps", "check_voice_target", "load", "load_voice", "params_hash",
            "resolve_model_dir", "validate_voice_record"]
