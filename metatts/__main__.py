@@ -15,7 +15,15 @@ inside ``--model``, an ``-o`` that is a folder) are printed as one line
 naming the file and the fix, with exit status 2 (1 for an operating-system
 failure such as a full disk). ``--out`` and ``-o`` are checked before any
 work, and both are written atomically: an existing voice or WAV survives a
-failure or ``kill -9``.
+failure or ``kill -9``. Hidden files (``.name``, e.g. macOS ``._a.wav``) in
+``CLIPS_DIR`` are skipped; a clip that does not sound like speech (noise)
+is refused unless ``--no-speech-check`` is given.
+
+``adapt`` shows a progress bar with the support loss (``--no-progress`` to
+hide it). Ctrl-C (SIGINT) stops it within a chunk of steps: the best voice
+so far (lowest support loss at a chunk boundary) is saved to ``--out`` and
+the message says which step it is, or it says that nothing was saved;
+the exit status is then 130.
 """
 
 from __future__ import annotations
@@ -46,8 +54,11 @@ def find_clips(directory: str) -> Tuple[List[str], List[str]]:
     raise FileNotFoundError(
         f"Clip folder {directory} does not exist; pass --clips DIR holding "
         "NAME.wav + NAME.txt pairs.")
+  # Hidden files (macOS ._a.wav resource forks, editor backups) are not
+  # clips.
   names = sorted(n for n in os.listdir(directory)
                  if n.lower().endswith(AUDIO_EXTENSIONS) and
+                 not n.startswith(".") and
                  os.path.isfile(os.path.join(directory, n)))
   if not names:
     raise FileNotFoundError(
@@ -77,6 +88,10 @@ def find_clips(directory: str) -> Tuple[List[str], List[str]]:
 
 def _adapt(args: argparse.Namespace) -> int:
   from metatts import api  # pylint: disable=g-import-not-at-top
+  if args.steps is not None and args.steps > api.MAX_STEPS:
+    raise ValueError(f"--steps {args.steps} is above the limit of "
+                     f"{api.MAX_STEPS} steps; use --steps {api.MAX_STEPS} or "
+                     "fewer (typical: 5-100).")
   # Refuse a bad --out (the model itself or inside it, a file, a foreign
   # folder, an unwritable place) before any work and before touching it.
   model_dir = api.resolve_model_dir(args.model)
@@ -84,6 +99,10 @@ def _adapt(args: argparse.Namespace) -> int:
   paths, texts = find_clips(args.clips)
   tts = api.load(model_dir, vocoder=args.vocoder)
   steps = tts.default_steps if args.steps is None else args.steps
+  # Every clip is loaded and checked before anything is said about adapting.
+  clips = tts.prepare_clips(paths, texts,
+                            names=[os.path.basename(p) for p in paths],
+                            check_speech=args.speech_check)
   print(f"Adapting {tts.model_dir} ({tts.info.get('method')}) to "
         f"{len(paths)} clips for {steps} steps (filter {tts.filter_name}, "
         f"{tts.optimizer_name} lr {tts.lr}); the first run compiles...",
@@ -94,16 +113,96 @@ def _adapt(args: argparse.Namespace) -> int:
                                    "training)." if steps == 0 else
                                    f", then {steps} steps adapt it."),
           flush=True)
-  voice = tts.adapt(paths, texts, steps=steps, seed=args.seed,
-                    names=[os.path.basename(p) for p in paths])
+  try:
+    with _StopAtChunk(steps, args.progress) as on_chunk:
+      voice = tts.adapt_clips(clips, steps=steps, seed=args.seed,
+                              progress=on_chunk)
+  except api.AdaptationInterrupted as e:
+    return _save_interrupted(e, args.out)
   losses = voice.losses
-  print("support loss by step: " + " ".join(f"{x:.4f}" for x in losses))
+  if losses.size <= 51:
+    print("support loss by step: " + " ".join(f"{x:.4f}" for x in losses))
   if losses.size > 1:
     print(f"support loss {losses[0]:.4f} -> {losses[-1]:.4f}")
   out = voice.save(args.out)
   print(f"Saved the voice to {out}; speak with: python -m metatts say "
         f"--voice {out} \"Hello.\" -o out.wav")
   return 0
+
+
+class _StopAtChunk:
+  """The progress bar and Ctrl-C handling of ``adapt``.
+
+  While adapting, the first Ctrl-C (SIGINT) asks to stop at the end of the
+  current chunk of steps (``metatts.voice.CHUNK``; well under a second once
+  compiled): the progress callback then raises ``KeyboardInterrupt``
+  between chunks, which ``metatts.voice.adapt`` turns into
+  ``AdaptationInterrupted`` with the best voice so far. A second Ctrl-C
+  interrupts at once. Interrupting XLA's compilation half-way is avoided:
+  it made the interpreter crash (SIGSEGV) on its way out. A SIGINT that the
+  caller set to be ignored (``nohup``, a background job) stays ignored.
+  """
+
+  def __init__(self, total: int, show: bool):
+    self.total, self.show = total, show
+    self.requested, self.bar, self.previous = False, None, None
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    print("\nCtrl-C: stopping at the end of this chunk of steps (press it "
+          "again to quit at once, saving nothing)...", file=sys.stderr,
+          flush=True)
+
+  def __call__(self, done: int, total: int, loss: float) -> None:
+    if self.bar is not None:
+      self.bar.update(done - self.bar.n)
+      self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+    if self.requested:
+      raise KeyboardInterrupt
+
+  def __enter__(self):
+    import signal  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+    if self.show and self.total > 0:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=self.total, desc="adapting", unit="step")
+    if (threading.current_thread() is threading.main_thread() and
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+      self.previous = signal.signal(signal.SIGINT, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    import signal  # pylint: disable=g-import-not-at-top
+    if self.previous is not None:
+      signal.signal(signal.SIGINT, self.previous)
+    if self.bar is not None:
+      self.bar.close()
+    return False
+
+
+def _save_interrupted(e, out: str) -> int:
+  """Ctrl-C while adapting: saves the best voice so far, if any; 130."""
+  head = (f"Interrupted (Ctrl-C) after {e.steps_done} of "
+          f"{e.steps_requested} steps")
+  if e.voice is None:
+    print(f"{head}, before the first chunk of steps finished: nothing was "
+          f"saved ({out} is unchanged).", file=sys.stderr, flush=True)
+    return 130
+  print(f"{head}; saving the best voice so far (step {e.best_step}, support "
+        f"loss {e.losses[-1]:.4f}) to {out} ...", file=sys.stderr, flush=True)
+  try:
+    saved = e.voice.save(out)
+  except KeyboardInterrupt:
+    print(f"Interrupted again while saving: nothing was saved ({out} is "
+          "unchanged; saves are atomic).", file=sys.stderr, flush=True)
+    return 130
+  print(f"Saved the voice after {e.best_step} of {e.steps_requested} steps "
+        f"to {saved}; speak with: python -m metatts say --voice {saved} "
+        "\"Hello.\" -o out.wav", file=sys.stderr, flush=True)
+  return 130
 
 
 def _say(args: argparse.Namespace) -> int:
@@ -181,14 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
                  help="folder of NAME.wav clips with NAME.txt transcripts")
   p.add_argument("--out", required=True, help="voice folder to write")
   p.add_argument("--steps", type=_positive_int, default=None,
-                 help="adaptation steps (default: the model's; 0 with a "
-                 "zeroshot model: zero-shot cloning)")
+                 help="adaptation steps, 0-10000 (default: the model's; 0 "
+                 "with a zeroshot model: zero-shot cloning)")
   p.add_argument("--seed", type=int, default=None,
                  help="prenet-dropout seed while adapting (default: the "
                  "model's fixed masks, as in the evaluation)")
   p.add_argument("--vocoder", default=None,
                  help="'griffin-lim' or a vocoder export (default: "
                  "WORKDIR/vocoder/model if present)")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                 default=True,
+                 help="show a progress bar with the support loss (default: "
+                 "on)")
+  p.add_argument("--no-speech-check", dest="speech_check",
+                 action="store_false",
+                 help="accept clips that do not sound like speech (the "
+                 "check refuses noise)")
   p.set_defaults(func=_adapt)
 
   p = sub.add_parser("say", help="speak text with a saved voice",
@@ -213,6 +320,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   compile_cache.enable()
   try:
     return args.func(args)
+  except KeyboardInterrupt:
+    print("Interrupted (Ctrl-C): nothing was saved (an existing voice or WAV "
+          "is unchanged).", file=sys.stderr, flush=True)
+    return 130
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -223,4 +334,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  status = main()
+  if status == 130:
+    # After an interrupt, leave without the interpreter's teardown: a
+    # KeyboardInterrupt that landed inside JAX/XLA (while loading or
+    # compiling) made it crash with SIGSEGV there. Everything is written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # pylint: disable=protected-access
+  sys.exit(status)
