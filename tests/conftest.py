@@ -49,11 +49,10 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
 
 
 # The longest files first (measured `--durations` on the idle 2-core CPU,
-# 2026-12-01, seconds on one of two workers): with ``--dist loadfile
-# --no-loadscope-reorder`` (the Makefile) pytest-xdist hands files to workers
-# in collection order; by default it orders files by their number of tests,
-# so the one-test base:tiny file started 12 minutes into a 16-minute run and
-# ran alone at the end. Longest-first is the classic greedy schedule.
+# 2026-12-01, seconds on one of two workers): with ``--dist loadfile``
+# pytest-xdist hands files to workers in collection order, so a long file
+# collected late runs alone at the end (base:tiny started 12 minutes into a
+# 16-minute run). Longest-first is the classic greedy schedule.
 _LONG_FILES = (
     "test_config_base_tiny.py",  # 270
     "test_configs.py",  # 190: full:vctk, full:libritts
