@@ -46,26 +46,3 @@ if _SETTING != "off":
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
   if _OWNED and not hasattr(session.config, "workerinput"):
     shutil.rmtree(_OWNED, ignore_errors=True)
-
-
-# The longest files first (measured `--durations` on the idle 2-core CPU,
-# 2026-12-01, seconds on one of two workers): with ``--dist loadfile``
-# pytest-xdist hands files to workers in collection order, so a long file
-# collected late runs alone at the end (base:tiny started 12 minutes into a
-# 16-minute run). Longest-first is the classic greedy schedule.
-_LONG_FILES = (
-    "test_config_base_tiny.py",  # 270
-    "test_configs.py",  # 190: full:vctk, full:libritts
-    "test_tts_experiment.py",  # 170: the smoke runs, kill -9
-    "test_tts_zeroshot.py",  # 110
-    "test_aligner_timings.py",  # 100
-    "test_long_runs.py",
-    "test_reliability.py",
-    "test_cli.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument
-  """Runs the files of ``_LONG_FILES`` first, in that order (stable)."""
-  rank = {name: i for i, name in enumerate(_LONG_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
