@@ -5,7 +5,9 @@ Usage:
   python experiments/main.py --config experiments/configs/sinusoid.py:maml \
       --workdir runs/quickstart [--config.num_steps=2000]
 
-The config is locked: overriding a key it does not have is an error. Running
+The config is locked: overriding a key it does not have is an error, and so
+is a value of the wrong type or out of range (``--config.num_steps=-5``): one
+line naming the key and the fix, exit status 2, nothing written. Running
 again with the same ``--workdir`` resumes from the newest checkpoint. All the
 work is done by ``metatts.experiments.run(config, workdir)``, which notebooks
 can call directly.
@@ -82,7 +84,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
   workdir = _WORKDIR.value
   compile_cache.enable()  # ~/.cache/metatts/xla; METATTS_COMPILE_CACHE=off
-  result = experiments.run(_CONFIG.value, workdir)
+  try:
+    result = experiments.run(_CONFIG.value, workdir)
+  except experiments.ConfigError as e:
+    # Checked before anything is written to the workdir: one line per bad
+    # key, naming the value and the fix.
+    sys.stderr.write("".join(f"Error: {line}\n" for line in e.problems))
+    sys.exit(2)
   print(json.dumps(result, indent=1))
   print(f"\nDone. Results: {result.get('results_path', workdir)}")
   if result.get("plot_path"):

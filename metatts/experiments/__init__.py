@@ -1,13 +1,17 @@
 """Experiments as library functions: ``run(config, workdir) -> dict``.
 
 ``experiments/main.py`` and notebooks call :func:`run`, which dispatches on
-``config.experiment`` through the explicit registry ``EXPERIMENTS``.
+``config.experiment`` through the explicit registry ``EXPERIMENTS`` after
+checking the config against its schema (``metatts.experiments.validation``).
 """
 
+import os
 from typing import Any, Callable, Dict
 
 from metatts.experiments import sinusoid
 from metatts.experiments import tts
+from metatts.experiments import validation
+from metatts.experiments.validation import ConfigError
 
 EXPERIMENTS: Dict[str, Callable[[Any, str], Dict[str, Any]]] = {
     "sinusoid": sinusoid.run,
@@ -27,14 +31,14 @@ def run(config, workdir: str) -> Dict[str, Any]:
     The experiment's result dict.
 
   Raises:
-    ValueError: if ``config.experiment`` is missing or unknown.
+    ConfigError: (a ``ValueError``) before anything is written to
+      ``workdir`` if the config fails its schema (a missing or unknown
+      ``config.experiment``, a missing or unknown key, a value of the wrong
+      type or out of range); one line per failure, naming the key, the value
+      and the fix.
   """
-  name = config.get("experiment") if hasattr(config, "get") else None
-  if name not in EXPERIMENTS:
-    raise ValueError(
-        f"config.experiment={name!r} is not a known experiment; set it to one "
-        f"of {sorted(EXPERIMENTS)} in the config's get_config().")
-  return EXPERIMENTS[name](config, workdir)
+  validation.validate(config, os.path.abspath(workdir))
+  return EXPERIMENTS[config.experiment](config, workdir)
 
 
-__all__ = ["EXPERIMENTS", "run"]
+__all__ = ["ConfigError", "EXPERIMENTS", "run"]
