@@ -13,6 +13,7 @@ against the API's, and the saved voice against the original, bit for bit.
 
 import json
 import os
+import shutil
 import sys
 import types
 
@@ -255,3 +256,46 @@ def test_cli_adapt_and_say(export, tts, voice, tmp_path, capsys):
   # The same clips as files give the voice the API made from the arrays.
   np.testing.assert_allclose(api.load_voice(voice_dir).speaker_vector,
                              voice.speaker_vector, rtol=1e-5, atol=1e-6)
+
+
+def test_damaged_or_missing_speaker_encoder_is_one_line(export, tmp_path,
+                                                         capsys):
+  """The encoder's Orbax folder gets the acoustic parameters' treatment: a
+  damaged one is an ``ExportError`` of one line naming the folder and the
+  fix (no TensorStore spec dump), also through the CLI; a missing one names
+  the folder."""
+  from metatts.training import export as export_lib  # pylint: disable=g-import-not-at-top
+  damaged = str(tmp_path / "damaged")
+  shutil.copytree(export.path, damaged)
+  enc_dir = os.path.join(damaged, "speaker_encoder")
+  data = os.path.join(enc_dir, "ocdbt.process_0", "d")
+  assert os.listdir(data)
+  for name in os.listdir(data):  # truncate every data file
+    with open(os.path.join(data, name), "r+b") as f:
+      f.truncate(16)
+  with pytest.raises(export_lib.ExportError) as info:
+    api.load(damaged)
+  message = str(info.value)
+  assert message.startswith(f"The speaker encoder in {enc_dir} cannot be "
+                            "restored ("), message
+  assert "Re-run training" in message and "\n" not in message
+  assert len(message) < 600 and "tensorstore_spec" not in message
+  # The CLI prints that line and nothing else.
+  clips_dir = tmp_path / "clips"
+  clips_dir.mkdir()
+  sf.write(str(clips_dir / "c0.wav"), tone(110, 0.8), SR, subtype="FLOAT")
+  (clips_dir / "c0.txt").write_text(TEXTS[0] + "\n")
+  capsys.readouterr()
+  code = cli.main(["adapt", "--model", damaged, "--clips", str(clips_dir),
+                   "--out", str(tmp_path / "voice"), "--steps", "1"])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert err == f"error: {message}\n", err
+  assert not os.path.exists(tmp_path / "voice")
+  # A missing encoder folder: the export is partial.
+  shutil.rmtree(enc_dir)
+  with pytest.raises(FileNotFoundError,
+                     match=f"{enc_dir} is missing: the zeroshot export is "
+                     "partial.*Re-run training"):
+    api.load(damaged)
+

@@ -162,7 +162,12 @@ def load_zeroshot(directory: str):
     and the ``model.json`` dict.
 
   Raises:
-    FileNotFoundError / ValueError: not a zeroshot export, or no encoder.
+    FileNotFoundError: not a zeroshot export (no ``speaker_encoder_config``
+      in ``model.json``), or its ``speaker_encoder/`` folder is missing.
+    ExportError (a ValueError): the acoustic parameters or the speaker
+      encoder cannot be restored (damaged files, a config that does not match
+      them); one line naming the folder and the fix, like
+      ``metatts.training.export.load_exported``.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
@@ -170,20 +175,36 @@ def load_zeroshot(directory: str):
   model, acoustic, info, _ = export.load_exported(directory)
   ecfg_dict = info.get("speaker_encoder_config")
   enc_dir = os.path.join(info["directory"], "speaker_encoder")
-  if ecfg_dict is None or not os.path.isdir(enc_dir):
+  fix = export._fix_hint(info["directory"])  # pylint: disable=protected-access
+  if ecfg_dict is None:
     raise FileNotFoundError(
         f"{info['directory']} is not a zeroshot export (no "
-        "speaker_encoder_config in model.json or no speaker_encoder/ "
-        "folder); export it with "
+        "speaker_encoder_config in model.json); export it with "
         "metatts.methods.zeroshot.export_zeroshot_model.")
-  ecfg = speaker_encoder.SpeakerEncoderConfig(**{
-      k: (tuple(v) if isinstance(v, list) else v)
-      for k, v in ecfg_dict.items()})
+  if not os.path.isdir(enc_dir):
+    raise FileNotFoundError(
+        f"{enc_dir} is missing: the zeroshot export is partial (model.json "
+        "has a speaker_encoder_config but there is no speaker encoder). "
+        + fix)
+  try:
+    ecfg = speaker_encoder.SpeakerEncoderConfig(**{
+        k: (tuple(v) if isinstance(v, list) else v)
+        for k, v in dict(ecfg_dict).items()})
+  except (TypeError, ValueError) as e:
+    raise export.ExportError(
+        f"{os.path.join(info['directory'], export.MODEL_JSON)}: "
+        f"speaker_encoder_config is invalid ({export.short_reason(e)}). "
+        + fix) from e
   egraphdef, abstract, erest = functional.split(nnx.eval_shape(
       lambda: speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(0))))
   ckptr = ocp.StandardCheckpointer()
   try:
     eparams = ckptr.restore(enc_dir, abstract)
+  except Exception as e:  # Orbax raises many types for damaged files.
+    export.quiet_closed_loop_reports()
+    raise export.ExportError(
+        f"The speaker encoder in {enc_dir} cannot be restored "
+        f"({type(e).__name__}: {export.short_reason(e)}). " + fix) from e
   finally:
     ckptr.close()
   encoder = functional.merge(egraphdef, eparams, erest)
