@@ -79,16 +79,59 @@ class MelConfig(NamedTuple):
 # Host-side constants (numpy).
 
 
+# The Slaney mel scale (Slaney 1998, Auditory Toolbox; librosa's htk=False
+# default): linear below 1 kHz at 200/3 Hz per mel, logarithmic above with
+# 27 mels per factor 6.4 of frequency.
+_SLANEY_HZ_PER_MEL = 200.0 / 3
+_SLANEY_BREAK_HZ = 1000.0
+_SLANEY_BREAK_MEL = _SLANEY_BREAK_HZ / _SLANEY_HZ_PER_MEL  # 15 mels
+_SLANEY_LOG_STEP = np.log(6.4) / 27.0  # ln(Hz) per mel above the break
+
+
+def hz_to_mel(hz):
+  """Hz -> Slaney mels (float64; a scalar stays a scalar).
+
+  Equals ``librosa.hz_to_mel(hz, htk=False)`` bit for bit
+  (tests/test_cli_speed.py), without importing librosa (and numba, ~1 s).
+  """
+  f = np.asarray(hz, np.float64)
+  linear = f / _SLANEY_HZ_PER_MEL
+  above = f >= _SLANEY_BREAK_HZ
+  if f.ndim == 0:
+    if above:
+      return _SLANEY_BREAK_MEL + np.log(f / _SLANEY_BREAK_HZ) / _SLANEY_LOG_STEP
+    return linear
+  out = linear.copy()
+  out[above] = (_SLANEY_BREAK_MEL +
+                np.log(f[above] / _SLANEY_BREAK_HZ) / _SLANEY_LOG_STEP)
+  return out
+
+
+def mel_to_hz(mels):
+  """Slaney mels -> Hz, the inverse of :func:`hz_to_mel`.
+
+  Equals ``librosa.mel_to_hz(mels, htk=False)`` bit for bit.
+  """
+  m = np.asarray(mels, np.float64)
+  linear = _SLANEY_HZ_PER_MEL * m
+  above = m >= _SLANEY_BREAK_MEL
+  if m.ndim == 0:
+    if above:
+      return _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOG_STEP *
+                                       (m - _SLANEY_BREAK_MEL))
+    return linear
+  out = linear.copy()
+  out[above] = _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOG_STEP *
+                                         (m[above] - _SLANEY_BREAK_MEL))
+  return out
+
+
 @functools.lru_cache(maxsize=32)
 def _mel_filterbank_cached(sample_rate, n_fft, n_mels, fmin, fmax):
-  # The Slaney mel scale (linear below 1 kHz, logarithmic above) is
-  # librosa's; imported here so that importing metatts stays light.
-  import librosa  # pylint: disable=g-import-not-at-top
   fmax = sample_rate / 2 if fmax is None else fmax
   fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-  mel_pts = np.linspace(librosa.hz_to_mel(fmin, htk=False),
-                        librosa.hz_to_mel(fmax, htk=False), n_mels + 2)
-  hz_pts = librosa.mel_to_hz(mel_pts, htk=False)  # [n_mels + 2]
+  mel_pts = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)
+  hz_pts = mel_to_hz(mel_pts)  # [n_mels + 2]
   fdiff = np.diff(hz_pts)
   ramps = hz_pts[:, None] - fft_freqs[None, :]  # [n_mels + 2, F]
   lower = -ramps[:-2] / fdiff[:-1, None]

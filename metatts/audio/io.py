@@ -22,7 +22,6 @@ import struct
 from typing import Optional, Tuple
 
 import numpy as np
-import scipy.signal
 import soundfile as sf
 
 REENCODE_HINT = ("re-encode it, e.g. `sox IN -r 16000 -c 1 -b 16 OUT.wav`, "
@@ -83,6 +82,9 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int,
                      f"{orig_sr} -> {target_sr}.")
   if orig_sr == target_sr:
     return np.asarray(audio, dtype)
+  # scipy.signal is imported here: it costs ~2 s of a warm `metatts say`,
+  # which never resamples.
+  import scipy.signal  # pylint: disable=g-import-not-at-top
   g = math.gcd(orig_sr, target_sr)
   out = scipy.signal.resample_poly(np.asarray(audio, np.float64),
                                    target_sr // g, orig_sr // g, axis=-1)
@@ -140,6 +142,42 @@ def load_audio(path: str, sample_rate: Optional[int] = 16000
 _SILENCE_FLOOR = 1e-10  # RMS floor (-200 dB); an all-zero clip is kept whole
 
 
+def frame_rms(x: np.ndarray, frame_length: int,
+              hop_length: int) -> np.ndarray:
+  """RMS of the uncentred frames ``x[k * hop : k * hop + frame_length]``.
+
+  Equals ``librosa.feature.rms(y=x, frame_length, hop_length,
+  center=False, dtype=np.float64)[0]`` bit for bit (tests/test_cli_speed.py)
+  without importing librosa, whose ``feature`` module pulls in scipy.signal
+  and numba (~5 s of a warm ``metatts adapt`` on a 2-core CPU).
+
+  Args:
+    x: float64 ``[S]`` with ``S >= frame_length``.
+    frame_length, hop_length: in samples.
+
+  Returns:
+    float64 ``[1 + (S - frame_length) // hop_length]``.
+  """
+  frames = np.lib.stride_tricks.sliding_window_view(x, frame_length)
+  frames = frames[::hop_length]  # [N, frame_length], a view
+  # Squares in a fresh array, then the mean over its contiguous last axis.
+  return np.sqrt(np.mean(np.square(frames), axis=-1))
+
+
+def _db_below_loudest(rms: np.ndarray) -> np.ndarray:
+  """Each frame's level relative to the loudest frame, in dB.
+
+  ``10 log10(max(floor^2, rms^2)) - 10 log10(max(floor^2, max(rms)^2))``
+  with ``floor = _SILENCE_FLOOR``: ``librosa.amplitude_to_db(rms,
+  ref=np.max, amin=_SILENCE_FLOOR, top_db=None)``, bit for bit.
+  """
+  floor_power = _SILENCE_FLOOR**2
+  loudest = np.max(rms)
+  db = 10.0 * np.log10(np.maximum(floor_power, np.square(rms)))
+  db -= 10.0 * np.log10(np.maximum(floor_power, loudest**2))
+  return db
+
+
 def silence_bounds(audio: np.ndarray, top_db: float, frame_length: int,
                    hop_length: int, margin: int = 0) -> Tuple[int, int]:
   """``[start, end)`` samples between leading and trailing silence.
@@ -169,18 +207,14 @@ def silence_bounds(audio: np.ndarray, top_db: float, frame_length: int,
     McFee et al. librosa: Audio and music signal analysis in Python. SciPy
     2015 (``librosa.effects.trim``).
   """
-  import librosa  # pylint: disable=g-import-not-at-top  (import cost ~1 s)
   x = np.asarray(audio, np.float64)
   size = int(x.shape[-1])
   if size <= frame_length:
     return 0, size
-  rms = librosa.feature.rms(y=x, frame_length=frame_length,
-                            hop_length=hop_length, center=False,
-                            dtype=np.float64)[0]
+  rms = frame_rms(x, frame_length, hop_length)
   if rms.max() <= _SILENCE_FLOOR:
     return 0, size
-  db = librosa.amplitude_to_db(rms, ref=np.max, amin=_SILENCE_FLOOR,
-                               top_db=None)
+  db = _db_below_loudest(rms)
   active = np.flatnonzero(db > -top_db)  # holds the loudest frame
   start = max(0, int(active[0]) * hop_length - margin)
   end = min(size, int(active[-1]) * hop_length + frame_length + margin)
