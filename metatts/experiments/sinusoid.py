@@ -195,13 +195,15 @@ def plot_adaptation(tasks, hidden, adapted, method: str, path: str,
   Returns:
     ``path``.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A Figure with its own Agg canvas, not pyplot: switching the global
+  # backend (matplotlib.use) would stop a notebook's later plots showing.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   grid = np.linspace(-5.0, 5.0, 200, dtype=np.float32)[:, None]  # [200, 1]
-  fig, axes = plt.subplots(1, num_plots, figsize=(5 * num_plots, 3.5),
-                           sharey=True, squeeze=False)
+  fig = Figure(figsize=(5 * num_plots, 3.5))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, num_plots, sharey=True, squeeze=False)
   styles = (":", "--", "-", "-.")
   for t, ax in enumerate(axes[0]):
     amp, phase = float(hidden.amplitude[t]), float(hidden.phase[t])
@@ -220,7 +222,6 @@ def plot_adaptation(tasks, hidden, adapted, method: str, path: str,
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
