@@ -142,15 +142,36 @@ def test_evaluator_zero_steps_is_plain_mse_and_steps_follow_sgd():
         mse[1][t], sinusoid_exp.mse_loss(stepped, query)[0], rtol=1e-5)
 
 
-def test_run_smoke_from_python(tmp_path):
-  """What a notebook does: build the config, call run(), read results."""
-  config = load_config("maml,smoke")
-  config.progress = False
-  result = experiments.run(config, str(tmp_path))
+@pytest.mark.slow
+def test_notebook_runs_headless(tmp_path):
+  """What a notebook does: notebooks/sinusoid.ipynb, executed by nbclient in
+  a fresh folder, builds the config, calls run() and shows the results. No
+  error cell and nothing Colab-only runs; its printed MSEs are results.json's;
+  the figures display (the library's plot does not switch the notebook's
+  matplotlib backend); its outputs land under the working directory with the
+  user's umask. (This replaced an in-process run() of the same config: the
+  notebook makes the same call.)"""
+  from notebook_runner import modes, run_notebook  # pylint: disable=g-import-not-at-top
+  done = run_notebook("sinusoid.ipynb", tmp_path, umask=0o027)
+  print(f"sinusoid.ipynb executed in {done.seconds:.1f} s")
+  assert not done.outputs("error")
+  workdir = tmp_path / "runs" / "notebook_sinusoid"
+  with open(workdir / "results.json") as f:
+    result = json.load(f)
+  assert result["method"] == "maml" and result["num_steps"] == 20
+  assert result["num_skipped"] == 0 and result["resumed_from"] is None
   assert set(result["mse"]) == {"0", "1", "10"}
-  assert result["num_steps"] == 20 and result["num_skipped"] == 0
   assert all(np.isfinite(v) for v in result["mse"].values())
-  with open(result["results_path"]) as f:
-    assert json.load(f)["mse"] == result["mse"]
-  assert os.path.getsize(result["plot_path"]) > 1000
-  assert os.path.exists(tmp_path / "metrics.json")
+  assert os.path.getsize(workdir / "adaptation.png") > 1000
+  for steps in ("0", "1", "10"):
+    line = (f"query MSE after {steps:>2} adaptation steps: "
+            f"{result['mse'][steps]:.3f} ± {result['mse_ci95'][steps]:.3f}")
+    assert line in done.text, done.text[-2000:]
+  assert done.count("image/png") == 2  # the curves and the library's plot
+  assert sorted(os.listdir(tmp_path)) == ["runs"]
+  found = modes(tmp_path)
+  assert found["runs/notebook_sinusoid"] == 0o750
+  for name in ("results.json", "adaptation.png", "metrics.json"):
+    assert found[f"runs/notebook_sinusoid/{name}"] == 0o640, name
+  loose = {p: m for p, m in found.items() if m & 0o007}
+  assert not loose, loose  # nothing for "other" under umask 027

@@ -396,3 +396,45 @@ def test_task_stream_depends_only_on_seed_and_step():
 def adaptation_buckets():
   from metatts.data import sampler  # pylint: disable=g-import-not-at-top
   return sampler.Buckets((8,), (32,))
+
+
+@pytest.mark.slow
+def test_voice_notebook_runs_headless_on_the_smoke_run(smoke, tmp_path):
+  """notebooks/few_shot_voice.ipynb executed by nbclient on this module's
+  smoke run (``METATTS_NOTEBOOK_WORKDIR``: no training of its own) in a fresh
+  folder: no error cell and nothing Colab-only runs, the reloaded voice
+  speaks identically, the figures and audio display, and the voice folder
+  lands under the working directory with the user's umask."""
+  from notebook_runner import modes, run_notebook  # pylint: disable=g-import-not-at-top
+  before = sorted(os.listdir(smoke.workdir))
+  done = run_notebook("few_shot_voice.ipynb", tmp_path, umask=0o027,
+                      env={"METATTS_NOTEBOOK_WORKDIR": smoke.workdir})
+  print(f"few_shot_voice.ipynb executed in {done.seconds:.1f} s")
+  assert not done.outputs("error")
+  text = done.text
+  assert f"Reusing the trained models in {smoke.workdir}" in text, text[-3000:]
+  assert "Trained:" not in text
+  # The held-out speaker of the run's own corpus, and its 5 clips.
+  data = tts.prepare_data(smoke.config, progress=False)
+  speaker, examples = sorted(data.heldout["heldout_unseen"].items())[0]
+  assert f"Held-out speaker: {speaker}" in text
+  for e in examples[:5]:
+    assert f"  {os.path.basename(e.audio_path)}: {e.text}" in text
+  assert f"model: {os.path.join(smoke.workdir, 'meta-fomaml', 'model')}" in (
+      text)
+  voice_dir = tmp_path / "voices" / "heldout"
+  assert f"{voice_dir} identical audio: True" in text, text[-3000:]
+  assert done.count("image/png") == 2  # the loss curve and the mels
+  assert done.count("text/html") >= 3  # the reference and two Audio players
+  with open(voice_dir / "voice.json") as f:
+    saved = json.load(f)
+  assert saved["steps"] == 20 and len(saved["losses"]) >= 20
+  assert np.all(np.isfinite(saved["losses"]))
+  # Written only under the working directory, with the umask's modes.
+  assert sorted(os.listdir(tmp_path)) == ["voices"]
+  assert sorted(os.listdir(smoke.workdir)) == before
+  found = modes(tmp_path)
+  assert found["voices"] == found["voices/heldout"] == 0o750
+  assert found["voices/heldout/voice.json"] == 0o640
+  loose = {p: m for p, m in found.items() if m & 0o007}
+  assert not loose, loose  # nothing for "other" under umask 027
