@@ -66,3 +66,27 @@ def test_unusable_folder_warns_once_and_compiles_anyway(tmp_path):
   assert got == {"path": None, "config": None}
   assert "compilation cache off: cannot create" in err
   assert "METATTS_COMPILE_CACHE=off" in err
+
+
+_SMALL = r"""
+import json, os, sys
+from metatts import compile_cache
+import jax, jax.numpy as jnp
+path = compile_cache.enable()
+jax.jit(lambda x: x * 2.0 + 1.0)(jnp.ones((3,))).block_until_ready()
+print(json.dumps({"names": sorted(os.listdir(path))}))
+"""
+
+
+def test_small_programs_are_cached_too(tmp_path):
+  """A program that compiles in milliseconds is written (jax's default
+  threshold of 1 s skipped them, and a warm `say` recompiled 12 of them)."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_COMPILATION_CACHE_DIR", "METATTS_COMPILE_CACHE",
+                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+  env.update(HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _SMALL], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  names = json.loads(out.stdout.strip().splitlines()[-1])["names"]
+  assert any(n.startswith("jit__lambda") for n in names), names
