@@ -330,6 +330,19 @@ def _check_rules(config, schema: Mapping[str, Any], experiment: str,
 # tts.
 
 
+def _tts_experiment():
+  return ["tts"]
+
+
+def _sinusoid_experiment():
+  return ["sinusoid"]
+
+
+def _optimizers():
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  return list(export.OPTIMIZERS)
+
+
 def _tts_method_names():
   from metatts.experiments import tts  # pylint: disable=g-import-not-at-top
   return sorted(tts.METHODS)
@@ -409,9 +422,8 @@ def tts_rules() -> Dict[str, Any]:
   """``{key: rule}`` for every key of a tts config (``default_config()``)."""
   from metatts import api  # pylint: disable=g-import-not-at-top
   steps_bound = int(api.MAX_STEPS)
-  optimizers = lambda: ["sgd", "adam"]  # noqa: E731 (export.OPTIMIZERS)
   return {
-      "experiment": Str(lambda: ["tts"]),
+      "experiment": Str(_tts_experiment),
       "name": Str(),
       "seed": Int(0),
       "progress": Bool(),
@@ -463,7 +475,7 @@ def tts_rules() -> Dict[str, Any]:
       "adapt.enabled": Bool(),
       "adapt.scratch": Bool(),
       "adapt.filter": Filter(),
-      "adapt.optimizer": Str(optimizers),
+      "adapt.optimizer": Str(_optimizers),
       "adapt.lr": Float(0.0),
       "adapt.steps": Ints(0, steps_bound, example="(0,5,20,100)"),
       "adapt.shots": Ints(1, example="(1,5)"),
@@ -583,7 +595,7 @@ def _sinusoid_methods():
 def sinusoid_rules() -> Dict[str, Any]:
   """``{key: rule}`` for every key of ``experiments/configs/sinusoid.py``."""
   return {
-      "experiment": Str(lambda: ["sinusoid"]),
+      "experiment": Str(_sinusoid_experiment),
       "method": Str(_sinusoid_methods),
       "size": Str(),
       "seed": Int(0),
