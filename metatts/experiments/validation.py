@@ -530,25 +530,29 @@ def _tts_cross_checks(config, workdir: Optional[str]) -> List[str]:
     problems.append(_line("data.heldout_seen", tuple(d.heldout_seen),
                           f"shares {both} with config.data.heldout_unseen",
                           "speakers that are in only one of the two"))
-  # init_from: "", a method of this run, or an export folder.
+  # init_from: "", a method of this run, or an export folder (a path, or a
+  # folder of the workdir as metatts.methods.base.Method.initial_params
+  # resolves it).
   src = t.init_from
   if src and src not in methods:
     from metatts import methods as methods_lib  # pylint: disable=g-import-not-at-top
-    if src in methods_lib.METHODS:
-      earlier = workdir and os.path.isdir(os.path.join(workdir, src, "model"))
-      if not earlier:
+    places = [os.path.expanduser(src)]
+    if workdir and os.path.sep not in src:
+      places.append(os.path.join(workdir, src))
+    if not any(os.path.isdir(p) for p in places):
+      if src in methods_lib.METHODS:
         problems.append(_line(
             "train.init_from", src,
             f"names method {src!r}, which config.methods={methods} does not "
             "train (and the workdir has no export of it)",
             f"'' or a method of config.methods, or add {src!r} to "
             "config.methods"))
-    elif not os.path.isdir(os.path.expanduser(src)):
-      problems.append(_line(
-          "train.init_from", src,
-          "is neither a method of config.methods nor an existing export "
-          "folder", "'' (random init), a method of config.methods or the "
-          "path of an export folder (WORKDIR/<method>/model)"))
+      else:
+        problems.append(_line(
+            "train.init_from", src,
+            "is neither a method of config.methods nor an existing export "
+            "folder", "'' (random init), a method of config.methods or the "
+            "path of an export folder (WORKDIR/<method>/model)"))
   # The vocoder's upsampling must turn mel frames into samples.
   if config.vocoder.enabled:
     from metatts.data import features  # pylint: disable=g-import-not-at-top
