@@ -208,3 +208,36 @@ def test_budget_counts_clip_passes():
   # 150 * 40 passes of transfer = 50 steps of 5-inner-step FOMAML.
   assert methods.get("meta-fomaml").steps_for_budget(t) == 50
   assert methods.get("scratch").steps_for_budget(t) == 0
+
+
+def test_init_from_fraction_splits_one_budget_between_source_and_method():
+  t = ml_collections.ConfigDict({
+      "num_steps": 150, "num_tasks": 4, "num_support": 5, "num_query": 5,
+      "equal_budget": True, "inner_steps": {"fomaml": 5, "reptile": 3},
+      "init_from": "transfer", "init_from_fraction": 2 / 3})
+  assert base.init_source(t) == ("transfer", 100, pytest.approx(1 / 3))
+  assert methods.get("transfer").steps_for_budget(t) == 150
+  assert methods.get("multitask").steps_for_budget(t) == 150  # no init_from
+  # 50 pre-training steps' passes (50 * 40) = 16.7 FOMAML steps of 120.
+  assert methods.get("meta-fomaml").steps_for_budget(t) == 17
+  assert methods.get("meta-reptile").steps_for_budget(t) == 33  # 2000 / 60
+  assert methods.get("zeroshot").steps_for_budget(t) == 50
+  # Source passes up to step 100 + own passes = the whole budget (+ rounding).
+  total = (methods.get("transfer").clip_passes(t, 100) +
+           methods.get("meta-fomaml").clip_passes(t, 17))
+  assert abs(total - 150 * 40) <= methods.get("meta-fomaml").clip_passes(t, 1)
+  ctx = types.SimpleNamespace(config=ml_collections.ConfigDict(
+      {"train": t, "methods": ("transfer", "meta-fomaml", "multitask")}))
+  assert methods.get("transfer").init_exports(ctx) == (100,)
+  assert methods.get("meta-fomaml").init_exports(ctx) == ()
+  ctx.config.methods = ("transfer", "multitask")  # nobody starts from it
+  assert methods.get("transfer").init_exports(ctx) == ()
+  t.init_from_fraction = 0.0  # the final export: every method's own budget
+  assert base.init_source(t) is None
+  assert methods.get("meta-fomaml").steps_for_budget(t) == 50
+  t.init_from_fraction = 1.0
+  with pytest.raises(ValueError, match="init_from_fraction=1.0.*in \\[0, 1\\)"):
+    base.init_source(t)
+  t.init_from_fraction, t.init_from = 0.5, "/some/export"
+  with pytest.raises(ValueError, match="name a trained method"):
+    base.init_source(t)

@@ -287,6 +287,39 @@ def test_event_files_and_metrics_json(uninterrupted):
   assert record["summary"]["num_skipped"] == 0
 
 
+def test_evaluation_scalars_go_beside_the_training_curves(tmp_path):
+  cell = lambda secs, eer, split_secs: {  # noqa: E731
+      "secs": secs, "eer": eer, "wer": None,
+      "splits": {"heldout_seen": {"secs": split_secs, "eer": float("nan")}}}
+  metrics = {
+      "meta-fomaml": {"shots": {"5": {"steps": {
+          "0": cell(0.5, 0.3, 0.55), "5": cell(0.7, 0.1, 0.75)}}}},
+      "transfer": {"shots": {"5": {"steps": {"0": cell(0.4, 0.4, 0.45)}}}},
+      "reference": {"real": {"secs": 0.9, "eer": 0.02},
+                    "settings": {"metrics": ["secs"]}}}
+  for _ in range(2):  # a re-evaluation replaces the points
+    folders = logging_lib.log_evaluation(str(tmp_path), metrics)
+  assert folders == sorted(str(tmp_path / d / "eval") for d in (
+      "ceiling_real", "meta-fomaml", "transfer"))
+
+  def read(folder):
+    files = [f for f in os.listdir(folder) if f.startswith("events.out")]
+    assert len(files) == 1, files
+    return read_scalars(os.path.join(folder, files[0]))
+  meta = read(tmp_path / "meta-fomaml" / "eval")
+  assert meta["adapt/secs/all/shots_5"] == [(0, 0.5), (5, pytest.approx(0.7))]
+  assert meta["adapt/eer/all/shots_5"] == [(0, pytest.approx(0.3)),
+                                           (5, pytest.approx(0.1))]
+  assert meta["adapt/secs/heldout_seen/shots_5"][1] == (5, pytest.approx(0.75))
+  assert not any("wer" in t or "eer/heldout" in t for t in meta)  # None, NaN
+  assert read(tmp_path / "transfer" / "eval")["adapt/secs/all/shots_5"] == [
+      (0, pytest.approx(0.4))]
+  # The ceiling is a flat line over every evaluated step count.
+  assert read(tmp_path / "ceiling_real" / "eval")[
+      "adapt/secs/all/shots_5"] == [(0, pytest.approx(0.9)),
+                                    (5, pytest.approx(0.9))]
+
+
 def test_metric_logger_writes_nan_as_string(tmp_path):
   logger = logging_lib.MetricLogger(str(tmp_path), total_steps=1,
                                     progress=False)

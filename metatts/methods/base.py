@@ -25,7 +25,12 @@ Meta-SGD with ``m`` inner steps make ``m`` over the ``N K`` support clips and
 one over the ``N Q`` query clips; Reptile ``m`` over the support clips (and
 iMAML also its CG products, not counted). With ``config.train.equal_budget``
 every method trains for the steps that cost ``config.train.num_steps``
-pre-training steps (:func:`steps_for_budget`).
+pre-training steps (:func:`steps_for_budget`). A method started from another
+method of the run (``config.train.init_from``) with
+``config.train.init_from_fraction`` f > 0 starts from that method's export
+after f of its steps and trains for the other (1 - f) of the budget, so that
+its total (the source's passes up to then plus its own) is the same as every
+other method's (:func:`init_source`).
 
 References:
   Finn et al. (2017), Model-agnostic meta-learning, ICML, arXiv:1703.03400.
@@ -180,6 +185,41 @@ def steps_for_budget(learner_name: Optional[str], t) -> int:
   return max(1, int(round(budget / per_step)))
 
 
+def init_source(t) -> Optional[tuple]:
+  """The run-internal starting point of ``uses_init_from`` methods, if split.
+
+  Args:
+    t: ``config.train``.
+
+  Returns:
+    ``(source, source_step, own_fraction)`` when ``t.init_from`` names a
+    method of the registry and ``t.init_from_fraction`` f > 0: the source
+    method's name, the step of its export that other methods start from
+    (f x its own steps, at least 1) and the share (1 - f) of the budget that
+    they train themselves; None otherwise (they start from the final
+    export, or from random).
+
+  Raises:
+    ValueError: f outside [0, 1), or f > 0 with ``init_from`` an export
+      folder (whose budget the run cannot know).
+  """
+  from metatts import methods as registry  # pylint: disable=g-import-not-at-top
+  f = float(t.get("init_from_fraction", 0.0) or 0.0)
+  src = t.get("init_from", "")
+  if not 0.0 <= f < 1.0:
+    raise ValueError(f"config.train.init_from_fraction={f}; use a fraction "
+                     "in [0, 1) (0: start from the source's final export).")
+  if f == 0.0 or not src:
+    return None
+  if src not in registry.METHODS or not registry.METHODS[src].trains:
+    raise ValueError(
+        f"config.train.init_from_fraction={f} needs config.train.init_from "
+        f"to name a trained method of this run, not {src!r}; set the "
+        "fraction to 0 to start from an export folder.")
+  steps = registry.METHODS[src].steps_for_budget(t)
+  return src, max(1, int(round(f * steps))), 1.0 - f
+
+
 def build_params(model_name: str, model_config, seed: int):
   """Initializes a registered model and splits it.
 
@@ -251,15 +291,20 @@ class Method:
 
   def initial_params(self, ctx: Context):
     """Random init, or ``config.train.init_from`` when ``uses_init_from``."""
-    src = ctx.config.train.init_from
+    t = ctx.config.train
+    src = t.init_from
     if not src or not self.uses_init_from:
       return ctx.params0
     from metatts.training import export  # pylint: disable=g-import-not-at-top
-    path = src if os.path.sep in src or os.path.isdir(src) else os.path.join(
-        ctx.workdir, src)
+    split = init_source(t)
+    if split is not None:
+      path = os.path.join(ctx.workdir, src, f"model_at_{split[1]}")
+    else:
+      path = src if os.path.sep in src or os.path.isdir(src) else (
+          os.path.join(ctx.workdir, src))
     _, params, info, _ = export.load_exported(path)
     say(f"[{self.name}] initialized from {info['directory']} "
-        f"({info['method']}).")
+        f"({info['method']}" + (f", step {split[1]}" if split else "") + ").")
     return jax.tree.map(jnp.asarray, params)
 
   # ---- training -----------------------------------------------------------
@@ -275,7 +320,25 @@ class Method:
     return clip_passes(self.learner_name, t, num_steps)
 
   def steps_for_budget(self, t) -> int:
+    """Own training steps: the whole budget, or (1 - f) of it when the
+    method starts part-way through another method's run (init_source)."""
+    split = init_source(t) if self.uses_init_from else None
+    if split is not None and split[0] != self.name:
+      t = ml_collections.ConfigDict(t.to_dict())
+      t.num_steps = max(1, int(round(split[2] * int(t.num_steps))))
     return steps_for_budget(self.learner_name, t)
+
+  def init_exports(self, ctx: Context) -> tuple:
+    """Steps after which this method also exports a starting point for the
+    methods of the run that start from it (init_source)."""
+    split = init_source(ctx.config.train)
+    if split is None or split[0] != self.name:
+      return ()
+    users = [m for m in ctx.config.methods if m != self.name]
+    from metatts import methods as registry  # pylint: disable=g-import-not-at-top
+    if not any(registry.get(m).uses_init_from for m in users):
+      return ()
+    return (split[1],)
 
   def trained_params(self, ctx: Context, params):
     """The acoustic-model parameters to export from the trained pytree."""
@@ -323,6 +386,25 @@ class Method:
     say(f"[{self.name}] training {num_steps} steps ({self.learner_name}, "
         f"N={t.num_tasks} K={t.num_support} Q={t.num_query}, filter "
         f"{t.filter}) in {mdir}")
+    for stop in self.init_exports(ctx):
+      stop_dir = os.path.join(mdir, f"model_at_{stop}")
+      if stop >= num_steps or os.path.isdir(stop_dir):
+        continue
+      part = loop.train(learner, setup.loss_fn, setup.params, factory,
+                        loop_config(ctx.config, stop), mdir,
+                        progress=bool(ctx.config.progress))
+      if int(part.step) != stop:
+        raise ValueError(
+            f"{mdir}: the starting point at step {stop} of "
+            f"config.train.init_from_fraction cannot be made, because the "
+            f"run already went on to step {int(part.step)}; use a fresh "
+            "--workdir, or set the fraction to 0.")
+      self.export(ctx, stop_dir,
+                  self.trained_params(ctx, part.meta_state.params),
+                  info={"train_steps": stop, "learner": self.learner_name,
+                        "of_steps": num_steps})
+      say(f"[{self.name}] exported its step-{stop} model for the methods "
+          f"that start from it: {stop_dir}")
     result = loop.train(learner, setup.loss_fn, setup.params, factory,
                         loop_config(ctx.config, num_steps), mdir,
                         progress=bool(ctx.config.progress))
@@ -344,5 +426,5 @@ class Method:
 
 
 __all__ = ["Context", "Method", "NEW_VOICE", "Setup", "adapt_info",
-           "build_params", "clip_passes", "learner_for", "loop_config", "set_slot_to_mean",
+           "build_params", "clip_passes", "init_source", "learner_for", "loop_config", "set_slot_to_mean",
            "steps_for_budget"]

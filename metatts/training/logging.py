@@ -22,7 +22,6 @@ import os
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
-import tensorboardX
 import tqdm
 
 METRICS_FILE = "metrics.json"
@@ -68,6 +67,9 @@ class MetricLogger:
           h for h in self._record.get("history", [])
           if h.get("step", 0) <= initial_step]
       self._record.setdefault("summary", {})
+    # Imported here: tensorboardX imports torch when it is installed (~7 s),
+    # which nothing else on the import path of metatts.experiments needs.
+    import tensorboardX  # pylint: disable=g-import-not-at-top
     self._writer = tensorboardX.SummaryWriter(logdir=workdir)
     self._bar: Optional[tqdm.tqdm] = None
     if progress:
@@ -132,3 +134,70 @@ class MetricLogger:
     self._writer.close()
     if self._bar is not None:
       self._bar.close()
+
+
+EVAL_METRICS = ("secs", "eer", "mcd", "wer", "f0_rmse", "vde", "dnsmos")
+
+
+def log_evaluation(workdir: str, metrics: Mapping[str, Any]) -> list:
+  """Writes the evaluation's scalars to TensorBoard beside the training curves.
+
+  For every method of ``metrics`` (the evaluation's ``metrics.json``
+  object), one event folder ``WORKDIR/<method>/eval`` next to the method's
+  training events, with the tag ``adapt/<metric>/<split>/shots_<K>`` (split
+  ``all``, ``heldout_seen``, ``heldout_unseen``) at x = the adaptation step
+  count, so ``tensorboard --logdir WORKDIR`` overlays every method's
+  adaptation curve in one chart per metric, split and support size. The
+  ceilings (real clips, Griffin-Lim, vocoded) go to
+  ``WORKDIR/ceiling_<name>/eval`` as flat lines over the same steps.
+
+  Args:
+    workdir: the run folder.
+    metrics: ``{method: {"shots": {K: {"steps": {S: cell}}}}, "reference":
+      {...}}`` as written by ``metatts.evaluation.pipeline.evaluate``.
+
+  Returns:
+    The event folders written.
+  """
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+
+  def scalars(cell):
+    out = {}
+    for split, c in [("all", cell)] + sorted(cell.get("splits", {}).items()):
+      for m in EVAL_METRICS:
+        v = c.get(m) if isinstance(c, Mapping) else None
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+          out[f"{m}/{split}"] = float(v)
+    return out
+
+  curves = {}  # run folder -> [(tag, value, step)]
+  all_steps = set()
+  for method, m in metrics.items():
+    if method == "reference" or not isinstance(m, Mapping):
+      continue
+    for k, sk in m.get("shots", {}).items():
+      for s, cell in sk.get("steps", {}).items():
+        all_steps.add((k, int(s)))
+        for name, v in scalars(cell).items():
+          metric, split = name.split("/")
+          curves.setdefault(os.path.join(workdir, method, "eval"), []).append(
+              (f"adapt/{metric}/{split}/shots_{k}", v, int(s)))
+  for name, cell in metrics.get("reference", {}).items():
+    if name == "settings" or not isinstance(cell, Mapping):
+      continue
+    for tagname, v in scalars(cell).items():
+      metric, split = tagname.split("/")
+      for k, s in sorted(all_steps):
+        curves.setdefault(os.path.join(workdir, f"ceiling_{name}", "eval"),
+                          []).append((f"adapt/{metric}/{split}/shots_{k}", v,
+                                      s))
+  for folder, points in curves.items():
+    if os.path.isdir(folder):  # a re-evaluation replaces, never duplicates
+      for f in os.listdir(folder):
+        if f.startswith("events.out.tfevents"):
+          os.remove(os.path.join(folder, f))
+    writer = tensorboardX.SummaryWriter(logdir=folder)
+    for tag, v, s in sorted(points, key=lambda p: (p[0], p[2])):
+      writer.add_scalar(tag, v, global_step=s)
+    writer.close()
+  return sorted(curves)
