@@ -72,6 +72,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.multitask_l2 = 0.0
   c.train.speaker_encoder_size = "tiny"  # zeroshot: SpeakerEncoder size
   c.train.init_from = ""  # "" | method key of this run | an export dir
+  # With init_from naming a method of this run: 0 = start from its final
+  # export (the starting method then trains on top of the source's whole
+  # budget); f in (0, 1) = start from its export after f x its steps and
+  # train for the remaining (1 - f) x num_steps pre-training steps' clip
+  # passes, so that every method's total budget is the same.
+  c.train.init_from_fraction = 0.0
   c.train.log_every = 10
   c.train.checkpoint_every = 50
   c.train.max_to_keep = 2
@@ -88,6 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.adapt.default_steps = 20
   c.adapt.num_eval = 2
   c.adapt.max_speakers = 4  # per held-out split
+  # Processes that adapt the methods in parallel (metatts.experiments
+  # .adaptation.run_methods); 1 = this process.
+  c.adapt.workers = 1
   c.adapt.seed = 0
   c.adapt.griffin_lim_iters = 32  # the evaluation's Griffin-Lim vocoder
 
