@@ -136,6 +136,10 @@ def duration_smoke(tmp_path_factory):
                   "max_frames": 320}
   config.data.features.symbols = "phonemes"
   config.train.init_from = "transfer"
+  # The meta-learner starts from transfer's step-2 export and trains for the
+  # other half of the budget; two processes adapt the two methods.
+  config.train.init_from_fraction = 0.5
+  config.adapt.workers = 2
   config.vocoder.enabled = False
   # One support size and no untrained baseline: each extra support size
   # compiles every adaptation program again (the smoke run covers both).
@@ -161,11 +165,31 @@ def test_duration_model_runs_end_to_end(duration_smoke, tmp_path):
     assert {"aligner", "duration", "decoder", "speaker"} <= set(params)
   run = json.load(open(os.path.join(w, "run.json")))
   assert run["methods"] == ["transfer", "meta-fomaml"]
-  source = os.path.join(w, "transfer", "model")
-  assert (f"[meta-fomaml] initialized from {source} (transfer)."
+  # One budget: transfer's passes up to its step 2 plus meta-fomaml's own
+  # are transfer's 4 steps' passes.
+  c = duration_smoke.config
+  assert run["training"]["transfer"]["steps"] == 4
+  assert (tts.clip_passes("transfer", c.train, 2) + run["budget"]["meta-fomaml"]
+          == run["budget"]["transfer"])
+  source = os.path.join(w, "transfer", "model_at_2")
+  _, info = _final_params(os.path.join(w, "transfer"))
+  assert info["train_steps"] == 4
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  assert export.read_model_json(source)["train_steps"] == 2
+  assert (f"[meta-fomaml] initialized from {source} (transfer, step 2)."
           in duration_smoke.stdout), duration_smoke.stdout[-2000:]
-  _check_evaluation_equals_api(duration_smoke.config, w, tmp_path,
-                               ("meta-fomaml",))
+  # Adapted in two worker processes: the same audio as the API in this one.
+  _check_evaluation_equals_api(c, w, tmp_path, ("transfer", "meta-fomaml"))
+  # A rerun of the adaptation stage adapts nothing again.
+  data = tts.prepare_data(c, progress=False)
+  protocol, speakers = tts.evaluation_clips(c, data)
+  exports = {m: os.path.join(w, m, "model") for m in run["methods"]}
+  again = adaptation.run_methods(exports, speakers,
+                                 os.path.join(w, "samples"), protocol,
+                                 int(c.adapt.griffin_lim_iters), progress=False)
+  assert again["_adapted"] == []
+  assert again["meta-fomaml"] == json.load(open(os.path.join(
+      w, "samples", "protocol.json")))["meta-fomaml"]
 
 
 def _check_evaluation_equals_api(c, w, tmp_path, methods):

@@ -195,7 +195,7 @@ def write_references(samples_dir: str, speakers: Sequence[SpeakerClips],
 
 def run_method(tts, method: str, speakers: Sequence[SpeakerClips],
                samples_dir: str, protocol: Protocol, seed: int = 0,
-               progress: bool = True) -> dict:
+               progress: bool = True, merge: bool = True) -> dict:
   """Adapts one method to every held-out speaker and writes its samples.
 
   Args:
@@ -208,6 +208,8 @@ def run_method(tts, method: str, speakers: Sequence[SpeakerClips],
     protocol: the protocol (its steps and shots).
     seed: the synthesis seed (``Voice.synthesize``'s default).
     progress: show a progress bar.
+    merge: merge the record into ``protocol.json`` (False: the caller
+      does, as :func:`run_methods` does for its worker processes).
 
   Returns:
     The method's protocol record (also merged into ``protocol.json``):
@@ -252,15 +254,137 @@ def run_method(tts, method: str, speakers: Sequence[SpeakerClips],
                       _alignment(out.alignments))
       bar.update(1)
   bar.close()
+  if merge:
+    _merge_records(samples_dir, {method: record})
+  return record
+
+
+def _merge_records(samples_dir: str, records: Mapping[str, dict]) -> None:
   path = os.path.join(samples_dir, "protocol.json")
   allrec = {}
   if os.path.isfile(path):
     with open(path) as f:
       allrec = json.load(f)
-  allrec[method] = record
+  allrec.update(records)
+  os.makedirs(samples_dir, exist_ok=True)
   with open(path, "w") as f:
     json.dump(allrec, f, indent=1, sort_keys=True)
+
+
+DONE = "adapted.json"  # WORKDIR/samples/<method>/adapted.json
+
+
+def fingerprint(export_dir: str, speakers: Sequence[SpeakerClips],
+                protocol: Protocol, griffin_lim_iters: int,
+                seed: int = 0) -> str:
+  """What a method's samples depend on: its export's ``model.json`` (which
+  records the training steps), the protocol, the clips and the vocoder."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  with open(os.path.join(export_dir, "model.json"), "rb") as f:
+    h.update(f.read())
+  h.update(json.dumps({
+      "protocol": protocol.to_json(), "griffin_lim_iters": griffin_lim_iters,
+      "seed": seed,
+      "speakers": [[sc.speaker, sc.split, [e.utt_id for e in sc.support],
+                    [e.utt_id for e in sc.evaluation]] for sc in speakers],
+  }, sort_keys=True).encode())
+  return h.hexdigest()
+
+
+def _done_record(samples_dir: str, method: str, key: str) -> Optional[dict]:
+  path = os.path.join(samples_dir, method, DONE)
+  try:
+    with open(path) as f:
+      done = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return done.get("record") if done.get("fingerprint") == key else None
+
+
+def _adapt_one(method: str, export_dir: str, speakers, samples_dir: str,
+               protocol: Protocol, griffin_lim_iters: int, key: str,
+               progress: bool = False) -> dict:
+  """Loads, adapts and writes one method; marks it done (worker body)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(samples_dir, method)
+  if os.path.isdir(folder):  # stale samples of an older export or protocol
+    shutil.rmtree(folder)
+  tts = load_model(export_dir, griffin_lim_iters)
+  record = run_method(tts, method, speakers, samples_dir, protocol,
+                      progress=progress, merge=False)
+  with open(os.path.join(folder, DONE), "w") as f:
+    json.dump({"fingerprint": key, "record": record}, f)
   return record
+
+
+def _worker_init() -> None:
+  from metatts import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
+
+
+def run_methods(exports: Mapping[str, str], speakers: Sequence[SpeakerClips],
+                samples_dir: str, protocol: Protocol,
+                griffin_lim_iters: int = 32, workers: int = 1,
+                progress: bool = True) -> dict:
+  """Adapts every method's export (:func:`run_method`), resumably.
+
+  A method whose samples were already written for the same export,
+  protocol, clips and vocoder (``samples/<method>/adapted.json``) is not
+  adapted again, so that a study interrupted during adaptation, or rerun
+  with one more method, only adapts what is missing. With ``workers`` > 1
+  the methods are adapted in that many spawned processes (each loads the
+  export as ``metatts.load`` does; the numbers are the same as in one
+  process).
+
+  Args:
+    exports: ``{method: export_dir}``.
+    speakers: from :func:`select_clips`.
+    samples_dir: ``WORKDIR/samples``.
+    protocol: the protocol.
+    griffin_lim_iters: the Griffin-Lim vocoder's iterations.
+    workers: processes (1: this process).
+    progress: print a line per method (and a bar per method in-process).
+
+  Returns:
+    ``{method: record}`` (also merged into ``protocol.json``), and
+    ``"_adapted"``: the methods adapted by this call.
+  """
+  records, todo = {}, {}
+  for method, path in exports.items():
+    key = fingerprint(path, speakers, protocol, griffin_lim_iters)
+    done = _done_record(samples_dir, method, key)
+    if done is not None:
+      records[method] = done
+      if progress:
+        print(f"[{method}] samples already written for this export and "
+              "protocol; not adapted again.", flush=True)
+    else:
+      todo[method] = (path, key)
+  if workers <= 1 or len(todo) <= 1:
+    for method, (path, key) in todo.items():
+      records[method] = _adapt_one(method, path, speakers, samples_dir,
+                                   protocol, griffin_lim_iters, key, progress)
+      _merge_records(samples_dir, {method: records[method]})
+      if progress:
+        print(f"[{method}] adapted to {len(speakers)} speakers.", flush=True)
+  elif todo:
+    import concurrent.futures  # pylint: disable=g-import-not-at-top
+    import multiprocessing  # pylint: disable=g-import-not-at-top
+    with concurrent.futures.ProcessPoolExecutor(
+        min(workers, len(todo)), mp_context=multiprocessing.get_context(
+            "spawn"), initializer=_worker_init) as pool:
+      futures = {pool.submit(_adapt_one, method, path, speakers, samples_dir,
+                             protocol, griffin_lim_iters, key): method
+                 for method, (path, key) in todo.items()}
+      for fut in concurrent.futures.as_completed(futures):
+        method = futures[fut]
+        records[method] = fut.result()
+        _merge_records(samples_dir, {method: records[method]})
+        if progress:
+          print(f"[{method}] adapted to {len(speakers)} speakers "
+                f"({len(records)} of {len(exports)} methods).", flush=True)
+  return {**{m: records[m] for m in exports}, "_adapted": sorted(todo)}
 
 
 def markdown_table(workdir: str, metrics: Sequence[str] = ("secs", "eer"),
@@ -332,6 +456,6 @@ def markdown_table(workdir: str, metrics: Sequence[str] = ("secs", "eer"),
   return "\n".join(out)
 
 
-__all__ = ["CHUNK", "Protocol", "SpeakerClips", "load_model",
-           "markdown_table", "protocol_from_config", "run_method",
-           "select_clips", "write_references"]
+__all__ = ["CHUNK", "DONE", "Protocol", "SpeakerClips", "fingerprint",
+           "load_model", "markdown_table", "protocol_from_config",
+           "run_method", "run_methods", "select_clips", "write_references"]

@@ -159,6 +159,21 @@ def train_method(method: str, config, data: Data, workdir: str,
   return methods_lib.get(method).train(ctx)
 
 
+def evaluation_clips(config, data: Data):
+  """The adaptation protocol of ``config.adapt`` and the held-out speakers'
+  support and evaluation clips it uses (within the buckets' length limits).
+
+  Returns:
+    ``(protocol, speakers)``: an ``adaptation.Protocol`` and the list of
+    ``adaptation.SpeakerClips``.
+  """
+  protocol = adaptation.protocol_from_config(config.adapt, len(data.speakers))
+  lim_t, lim_f = data.buckets.tokens[-1], data.buckets.frames[-1]
+  fits = lambda e: len(e.tokens) <= lim_t and e.mel.shape[0] <= lim_f  # noqa: E731
+  return protocol, adaptation.select_clips(
+      data.heldout, protocol, int(config.adapt.max_speakers), fits)
+
+
 def run(config, workdir: str) -> Dict[str, Any]:
   """Trains, exports, adapts and evaluates (see the module docstring).
 
@@ -212,11 +227,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   report = None
   if config.adapt.enabled:
     tick = time.perf_counter()
-    protocol = adaptation.protocol_from_config(config.adapt, slot)
-    lim_t, lim_f = data.buckets.tokens[-1], data.buckets.frames[-1]
-    fits = lambda e: len(e.tokens) <= lim_t and e.mel.shape[0] <= lim_f  # noqa: E731
-    speakers = adaptation.select_clips(
-        data.heldout, protocol, int(config.adapt.max_speakers), fits)
+    protocol, speakers = evaluation_clips(config, data)
     if not speakers:
       raise ValueError(
           "No held-out speaker has enough clips for the adaptation protocol "
@@ -227,10 +238,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
     _say(f"Adapting {len(exports)} methods to {len(speakers)} held-out "
          f"speakers: shots {protocol.shots}, steps {protocol.steps}, "
          f"{protocol.optimizer} lr {protocol.lr}, filter {protocol.filter}.")
-    for name, path in exports.items():
-      tts = adaptation.load_model(path, int(config.adapt.griffin_lim_iters))
-      adaptation.run_method(tts, name, speakers, samples_dir, protocol,
-                            progress=bool(config.progress))
+    adaptation.run_methods(
+        exports, speakers, samples_dir, protocol,
+        int(config.adapt.griffin_lim_iters),
+        workers=int(config.adapt.get("workers", 1)),
+        progress=bool(config.progress))
     timings["adapt"] = time.perf_counter() - tick
     if config.eval.enabled:
       from metatts.evaluation import pipeline  # pylint: disable=g-import-not-at-top
@@ -239,6 +251,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
           config.eval.metrics), progress=bool(config.progress),
                                      griffin_lim=bool(config.eval.griffin_lim))
       report = evaluation.get("report")
+      from metatts.training import logging as logging_lib  # pylint: disable=g-import-not-at-top
+      logging_lib.log_evaluation(workdir, evaluation["metrics"])
       timings["evaluate"] = time.perf_counter() - tick
 
   timings["total"] = time.perf_counter() - t_start
@@ -291,6 +305,7 @@ def _headline(metrics: dict) -> dict:
 
 __all__ = ["BASELINES", "CORPORA", "Data", "METHODS", "acoustic_config",
            "build_params", "clip_passes", "context", "default_config",
+           "evaluation_clips",
            "make_learner", "model_name", "prepare_data", "run",
            "set_slot_to_mean", "steps_for_budget", "tacotron_config",
            "task_factory", "train_method", "train_vocoder", "vocoder_tasks"]
