@@ -1,15 +1,14 @@
-"""``base.py:tiny`` end to end: every method of the base study and the vocoder.
+"""The ``base.py`` study end to end at the smoke sizes: every method.
 
 The run of ``test_configs.py``'s ``run_case`` (a subprocess, the session's
-XLA cache, the smoke sizes); a file of its own because it is the longest
-test of the suite (about 4.5 minutes on one of the two pytest-xdist workers,
-2026-12-01) and ``--dist loadfile`` schedules files, not tests.
+XLA cache, the smoke sizes with the study's duration Tacotron on phonemes);
+a file of its own because it is the longest test of the suite and
+``--dist loadfile`` schedules files, not tests.
 """
 
 import json
 import os
 
-import numpy as np
 import pytest
 
 from metatts.experiments import tts
@@ -18,12 +17,14 @@ from test_configs import check_run, compile_cache, run_case  # noqa: F401  pylin
 
 
 @pytest.mark.slow
-def test_base_tiny_runs_every_method(tmp_path, compile_cache):
+def test_base_study_runs_every_method(tmp_path, compile_cache):
   c, result, stdout = run_case("base-tiny", str(tmp_path), compile_cache)
   methods = tuple(c.methods)
-  assert c.name == "base-tiny" and len(methods) == 7
-  assert set(methods) == set(tts.METHODS) - {"zeroshot"}
-  assert c.train.init_from == "transfer" and c.vocoder.enabled
+  assert c.name == "base-study" and len(methods) == 6
+  assert set(methods) == {"transfer", "multitask", "zeroshot", "meta-maml",
+                          "meta-fomaml", "meta-reptile"}
+  assert c.train.init_from == "transfer" and not c.vocoder.enabled
+  assert int(c.adapt.workers) == 2
   workdir = str(tmp_path / "run")
   with open(os.path.join(workdir, "samples", "manifest.json")) as f:
     manifest = json.load(f)
@@ -33,21 +34,21 @@ def test_base_tiny_runs_every_method(tmp_path, compile_cache):
                 if v == "heldout_seen")
   assert unseen and seen
   run = check_run(c, workdir, result, methods, unseen, seen)
+  assert run["model"] == "duration_tacotron"
+  # One budget: the methods that start from transfer's step-1 export add
+  # their own passes to transfer's first step's.
+  source = os.path.join(workdir, "transfer", "model_at_1")
+  first = tts.clip_passes("transfer", c.train, 1)
   for m in methods:
-    # Equal budget: multi-inner-step learners make fewer (>= 1) steps.
     steps = tts.steps_for_budget(m, c.train)
     assert run["training"][m]["steps"] == steps, m
     assert os.path.isdir(os.path.join(workdir, m, "checkpoints",
                                       str(steps))), m
-    if m.startswith("meta-"):  # started from the transfer export
-      source = os.path.join(workdir, "transfer", "model")
-      assert f"[{m}] initialized from {source} (transfer)." in stdout, m
-  # The vocoder was meta-trained, exported and judged on held-out speakers.
-  for split in ("heldout_seen", "heldout_unseen"):
-    for s in ("0", "2"):
-      assert np.isfinite(run["vocoder"]["heldout_nll"][split]["1"][s])
-  from metatts.training import export  # pylint: disable=g-import-not-at-top
-  vmodel, _, vinfo, _ = export.load_exported(os.path.join(workdir, "vocoder"))
-  assert vinfo["model"] == "wavenet"
-  assert vmodel.config.n_mels == c.data.features.n_mels
-
+    if m not in ("transfer", "multitask"):
+      assert f"[{m}] initialized from {source} (transfer, step 1)." in stdout, m
+      assert first + run["budget"][m] <= run["budget"]["transfer"] + (
+          tts.clip_passes(m, c.train, 1)), m
+  # The methods were adapted in two processes, each one once.
+  for m in methods + ("scratch",):
+    assert os.path.isfile(os.path.join(workdir, "samples", m,
+                                       "adapted.json")), m

@@ -10,16 +10,16 @@ can afford, so they are checked in two ways:
 * the same configs run end to end with only their *sizes* swapped for the
   ``quickstart.py:smoke`` ones: ``full.py:vctk`` / ``full.py:libritts`` on
   small corpora written here in the real VCTK 0.92 / LibriTTS layouts (their
-  held-out speaker ids, 48 / 24 kHz audio), and ``base.py:tiny`` with every
-  one of its methods (``init_from="transfer"``) and the vocoder on the
-  synthetic smoke corpus.
+  held-out speaker ids, 48 / 24 kHz audio), and the ``base.py`` study with
+  every one of its methods (started from part-way through ``transfer``) on
+  the synthetic smoke corpus.
 
 The end-to-end runs are compile-bound; each runs in a subprocess with a
 persistent XLA cache shared by the module and
 ``--xla_backend_optimization_level=0``. Measured on the shared 2-core CPU
 (load ~5): the value tests 9 s; vctk 81 s, libritts 20 s, base-tiny 169 s
 (five methods that nothing else compiles, 15-39 s each); 280 s in all. The
-``base.py:tiny`` run is in ``test_config_base_tiny.py``, its own file so that
+``base.py`` run is in ``test_config_base_tiny.py``, its own file so that
 pytest-xdist (``--dist loadfile``) runs it beside this one.
 """
 
@@ -53,12 +53,12 @@ CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
 
 # (file, argument or None for the default, is a tts config).
 TTS_CONFIGS = [("quickstart", None), ("quickstart", "quickstart"),
-               ("quickstart", "smoke"), ("base", None), ("base", "base"),
-               ("base", "tiny"), ("full", None), ("full", "vctk"),
+               ("quickstart", "smoke"), ("base", None), ("base", "study"),
+               ("base", "large"), ("full", None), ("full", "vctk"),
                ("full", "libritts")]
 SINUSOID_ARGS = [None, "maml", "fomaml,smoke", "reptile,quick",
                  "metasgd,paper", "imaml,smoke", "pretrain,smoke"]
-BAD_ARGS = {"quickstart": ("quickstart", "smoke"), "base": ("base", "tiny"),
+BAD_ARGS = {"quickstart": ("quickstart", "smoke"), "base": ("study", "large"),
             "full": ("libritts", "vctk"),
             "sinusoid": ("maml", "smoke", "quick", "paper")}
 
@@ -95,8 +95,11 @@ def tacotron_of(config, num_train_speakers=100):
 
 def count_params(mcfg):
   """Parameters of a Tacotron, from abstract shapes only (no compile)."""
-  abstract = nnx.eval_shape(lambda: tacotron.Tacotron(mcfg,
-                                                      rngs=nnx.Rngs(0)))
+  from metatts import models  # pylint: disable=g-import-not-at-top
+  name = {"TacotronConfig": "tacotron",
+          "DurationTacotronConfig": "duration_tacotron"}[type(mcfg).__name__]
+  abstract = nnx.eval_shape(lambda: models.build_model(name, mcfg,
+                                                       nnx.Rngs(0)))
   leaves = jax.tree_util.tree_leaves(nnx.state(abstract, nnx.Param))
   return sum(int(np.prod(x.shape)) for x in leaves)
 
@@ -184,7 +187,7 @@ def test_tts_config_values_are_valid(case, param_counts):
 
 @pytest.mark.parametrize("name,arg", [("quickstart", "quickstart"),
                                       ("quickstart", "smoke"),
-                                      ("base", "base"), ("base", "tiny"),
+                                      ("base", "study"), ("base", "large"),
                                       ("full", "vctk"), ("full", "libritts")])
 def test_docstring_names_the_exact_command(name, arg):
   doc = load_module(name).__doc__
@@ -234,22 +237,22 @@ def test_model_sizes_are_ordered(param_counts):
       param_counts[_id(case)] = count_params(tacotron_of(get_config(*case)))
   p = param_counts
   assert p["quickstart:smoke"] < p["quickstart:quickstart"]
-  # (quickstart's r=4 output layer makes it larger than the r=2 base:tiny.)
-  assert p["quickstart:smoke"] < p["base:tiny"]
-  assert p["base:tiny"] * 20 < p["base:base"] < p["full:vctk"]
+  # The study's duration Tacotron is CPU-sized; large is the GPU variant.
+  assert p["quickstart:smoke"] < p["base:study"]
+  assert p["base:study"] * 10 < p["base:large"] < p["full:vctk"]
   assert p["full:vctk"] == p["full:libritts"] > 10_000_000
-  assert p["base:default"] == p["base:base"]
+  assert p["base:default"] == p["base:study"]
   assert p["full:default"] == p["full:vctk"]
   # The Tacotron 2 widths of Shen et al. (2018) for the full size.
   full = tacotron_of(get_config("full", "vctk"))
   assert (full.encoder_dim, full.decoder_rnn_dim, full.attention_rnn_dim,
           full.postnet_dim, full.reduction_factor) == (512, 1024, 1024, 512,
                                                        1)
-  base = tacotron_of(get_config("base", "base"))
+  base = tacotron_of(get_config("base", "large"))
   assert (base.encoder_dim, base.decoder_rnn_dim, base.reduction_factor) == (
       256, 512, 2)
   # The speaker table has a row per training speaker plus the new voice's.
-  assert tacotron_of(get_config("base", "tiny"), 7).num_speakers == 8
+  assert tacotron_of(get_config("base", "study"), 7).num_speakers == 8
 
 
 @pytest.mark.parametrize("arg", SINUSOID_ARGS)
@@ -406,7 +409,15 @@ def check_run(c, workdir, result, methods, heldout_unseen, heldout_seen=()):
 TRAIN_SPEAKERS = {"vctk": ("p233", "p234", "p236"),
                   "libritts": ("19", "26", "40")}
 E2E_METHODS = {"vctk": ("transfer", "meta-fomaml"),
-               "libritts": ("transfer",)}  # all methods: base.py:tiny
+               "libritts": ("transfer",)}  # all methods: base.py
+
+
+DURATION_SMOKE_MODEL = {
+    "name": "duration_tacotron", "size": "tiny", "embed_dim": 16,
+    "encoder_dim": 16, "encoder_num_convs": 1, "aligner_dim": 16,
+    "duration_dim": 16, "decoder_dim": 16, "decoder_num_convs": 2,
+    "postnet_dim": 16, "postnet_num_convs": 2, "speaker_dim": 8,
+    "max_frames": 320}
 
 
 def build_case(case, tmp, write):
@@ -415,12 +426,15 @@ def build_case(case, tmp, write):
   ``full.py:vctk`` / ``full.py:libritts``: the config's corpus kind,
   held-out ids, methods' ``init_from``, filters and protocol on a corpus in
   the real layout under ``tmp``, every size from ``quickstart.py:smoke``.
-  ``base.py:tiny``: all of its methods and the vocoder, 2 steps each, on the
-  synthetic smoke corpus.
+  ``base-tiny``: the ``base.py`` study's methods (started from part-way
+  through transfer), 2 steps each, on the synthetic smoke corpus.
   """
   if case == "base-tiny":
-    c = get_config("base", "tiny")
-    smoke = shrink_to_smoke(c, tmp)
+    c = get_config("base", "study")
+    smoke = shrink_to_smoke(c, tmp, vocoder=False)  # the study has none
+    # The study's duration Tacotron on phonemes, at the smoke sizes.
+    c.model = DURATION_SMOKE_MODEL
+    c.data.features.symbols = "phonemes"
     for k in ("corpus", "root", "synth_preset", "synth_overrides",
               "synth_seed"):
       c.data[k] = copy.deepcopy(smoke.data[k])

@@ -1,61 +1,122 @@
-r"""CPU 'base' run: every method, a base-size Tacotron, the vocoder too.
+r"""The base study: does meta-learning beat what a user would do otherwise?
 
-Hours on a 2-core CPU (not yet measured end to end here: the per-step cost
-of the base Tacotron, 512-wide decoder LSTMs, is ~50x the quickstart's tiny
-one). Command::
+The meta-learning claim of metatts measured on speech on a 2-core CPU
+(docs/results/adaptation.md, "The base study"; issue 12). Command::
 
   .venv/bin/python experiments/main.py \
       --config experiments/configs/base.py --workdir runs/base
 
-Trains, on the embedded ``default`` synthetic corpus: ``transfer``,
-``multitask``, ``meta-maml``, ``meta-fomaml``, ``meta-reptile``,
-``meta-metasgd`` and ``meta-imaml`` (MAML-family methods start from the
-transfer model, ``config.train.init_from="transfer"``), plus the WaveNet-style
-vocoder meta-trained with Reptile on speaker tasks of (mel, waveform)
-windows; then adapts every method and ``scratch`` to 8 held-out speakers per
-split with 1 and 5 clips for 0/5/20/100 steps and writes the report with
-SECS, EER and MCD. Rerunning resumes from the checkpoints.
+The model is the duration Tacotron on espeak-ng phonemes that speaks
+(``experiments/configs/speech.py``, docs/models.md). The corpus is the
+embedded synthetic one (``metatts.data.synth`` preset ``default``) with 12
+speakers of the unseen voice instead of 8 (``synth-base``, built into
+``~/.cache/metatts/synth-base`` on the first run). Methods, all for the same
+clip forward/backward budget (3000 pre-training steps of 2 speakers x
+(4 + 4) clips):
 
-The argument selects the acoustic-model size: ``base`` (default) or
-``tiny`` (the quickstart model, all methods; ~1 hour)::
+* ``transfer``: multi-speaker pre-training, then fine-tuning a new voice
+  from the average speaker row;
+* ``multitask``: the same with a shared trunk, a speaker-classification head
+  and its regulariser (λ = ``config.train.multitask_weight``);
+* ``zeroshot``: a speaker encoder trained with the acoustic model (0 steps =
+  zero-shot; then fine-tuned like the others);
+* ``meta-maml`` (second order), ``meta-fomaml`` and ``meta-reptile``:
+  meta-learned through the test protocol (5 SGD steps of lr 0.01 on
+  ``speaker+decoder``; Reptile 3 steps);
+* ``scratch``: the random initialization, adapted the same way.
+
+``zeroshot`` and the meta-learners start from ``transfer`` after 2/3 of its
+steps (``config.train.init_from_fraction``) and train for the other third of
+the budget, so that every method's total budget is the same. Every method is
+then adapted to 12 held-out speakers per split (new speakers of seen voices,
+``heldout_seen``; speakers of an unseen voice, ``heldout_unseen``) with 1 and
+5 clips for 0/5/10/20/50/100 steps of SGD (lr 0.01) by the one protocol
+(``metatts.experiments.adaptation``, two processes), and 2 held-out
+sentences per speaker and cell are judged with SECS, EER, MCD and
+PocketSphinx WER beside the real and Griffin-Lim ceilings.
+
+Training, adaptation and judging resume: a rerun continues every training
+from its newest checkpoint and adapts only the methods whose samples are
+missing, so the study can run in parts. Expected wall time: under 2 hours on
+the idle 2-core CPU (the measured times are in docs/results/adaptation.md).
+
+``base.py:large`` is the earlier GPU-sized variant: the attention Tacotron
+at its ``base`` size (512-wide decoder LSTMs, ~50x the quickstart's), every
+method and the WaveNet-style vocoder; many hours on a CPU::
 
   .venv/bin/python experiments/main.py \
-      --config experiments/configs/base.py:tiny --workdir runs/base-tiny
+      --config experiments/configs/base.py:large --workdir runs/base-large
 """
 
-from metatts.experiments.tts import default_config
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speech  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ARGS = ("study", "large")
+METHODS = ("transfer", "multitask", "zeroshot", "meta-maml", "meta-fomaml",
+           "meta-reptile")
 
 
-def get_config(arg: str = "base"):
-  """The base config; ``arg`` is the Tacotron size ('base' or 'tiny')."""
-  size = (arg or "base").strip()
-  if size not in ("base", "tiny"):
-    raise ValueError(f"base config argument {arg!r}; use 'base' or 'tiny'.")
-  c = default_config()
-  c.name = f"base-{size}"
-  c.expected_minutes = 60 if size == "tiny" else 600
-  c.model = {"size": size}
-  c.methods = ("transfer", "multitask", "meta-maml", "meta-fomaml",
-               "meta-reptile", "meta-metasgd", "meta-imaml")
-  c.data.max_frames = 400
-  c.data.max_tokens = 160
-  c.data.num_buckets = 3
-  c.train.num_steps = 3000 if size == "base" else 1500
-  c.train.num_tasks = 8
-  c.train.checkpoint_every = 250
-  c.train.log_every = 25
+def get_config(arg: str = "study"):
+  """The base study (``study``) or its GPU-sized variant (``large``)."""
+  arg = (arg or "study").strip()
+  if arg not in ARGS:
+    raise ValueError(f"base config argument {arg!r}; use one of {ARGS} "
+                     "(e.g. experiments/configs/base.py:large).")
+  c = speech.get_config()
+  c.name = f"base-{arg}"
+  c.methods = METHODS
+  # 12 speakers of the unseen voice (the default corpus has 8).
+  c.data.root = "~/.cache/metatts/synth-base"
+  c.data.synth_overrides = {"name": "synth-base", "unseen_speakers": 12}
   c.train.init_from = "transfer"
-  c.adapt.max_speakers = 8
-  c.adapt.num_eval = 4
-  c.eval.metrics = ("secs", "eer", "mcd")
-  c.vocoder.enabled = True
-  c.vocoder.size = "base" if size == "base" else "tiny"
-  c.vocoder.num_steps = 2000
-  c.vocoder.num_tasks = 4
-  c.vocoder.num_support = 4
-  c.vocoder.num_query = 4
-  c.vocoder.window_frames = 16
-  c.vocoder.max_speakers = 64
-  c.vocoder.clips_per_speaker = 10
-  c.vocoder.eval_speakers = 8
+  c.train.init_from_fraction = 2 / 3
+  c.train.inner_steps.maml = 5
+  c.train.inner_steps.fomaml = 5
+  c.train.inner_steps.reptile = 3
+  c.adapt.shots = (1, 5)
+  c.adapt.steps = (0, 5, 10, 20, 50, 100)
+  c.adapt.max_speakers = 12
+  c.adapt.num_eval = 2
+  c.adapt.workers = 2
+  c.eval.metrics = ("secs", "eer", "mcd", "wer")
+  c.expected_minutes = 120
+  if arg == "large":
+    c.expected_minutes = 600
+    c.hardware = "a GPU (many hours on a 2-core CPU)"
+    c.methods = ("transfer", "multitask", "meta-maml", "meta-fomaml",
+                 "meta-reptile", "meta-metasgd", "meta-imaml")
+    c.model = {"name": "tacotron", "size": "base"}
+    c.data.features = {"n_mels": 80}
+    c.data.max_frames = 400
+    c.data.max_tokens = 160
+    c.data.num_buckets = 3
+    c.train.num_tasks = 8
+    c.train.num_support = 5
+    c.train.num_query = 5
+    c.train.init_from_fraction = 0.0
+    c.train.meta_outer_lr = 0.0
+    c.train.outer_lr = 1e-3
+    c.train.inner_lr = 0.01
+    c.train.inner_steps.fomaml = 1
+    c.train.inner_steps.maml = 1
+    c.train.checkpoint_every = 250
+    c.train.log_every = 25
+    c.adapt.shots = (1, 5)
+    c.adapt.steps = (0, 5, 20, 100)
+    c.adapt.max_speakers = 8
+    c.adapt.num_eval = 4
+    c.eval.metrics = ("secs", "eer", "mcd")
+    c.vocoder.enabled = True
+    c.vocoder.size = "base"
+    c.vocoder.num_steps = 2000
+    c.vocoder.num_tasks = 4
+    c.vocoder.num_support = 4
+    c.vocoder.num_query = 4
+    c.vocoder.window_frames = 16
+    c.vocoder.max_speakers = 64
+    c.vocoder.clips_per_speaker = 10
+    c.vocoder.eval_speakers = 8
   return c
