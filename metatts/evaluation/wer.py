@@ -3,7 +3,11 @@
 The recognizer is CMU PocketSphinx 5 with the US-English acoustic model,
 dictionary and 3-gram language model that ship inside its PyPI wheel (nothing
 is downloaded), decoding 16 kHz 16-bit audio (default search, with the active
-HMMs capped at 3000 and word exits at 10 per frame for speed). It is a weak
+HMMs capped at 3000 and word exits at 10 per frame for speed). Every clip is
+decoded from the decoder's initial feature state (cepstral mean normalisation
+re-initialised), so its transcript is what a fresh decoder would give and does
+not depend on the clips decoded before it (PocketSphinx otherwise carries its
+CMN estimate over from one utterance to the next). It is a weak
 recognizer by modern standards, so absolute WERs are high even on real speech:
 always read the synthesized WER beside the ground-truth WER of the real clips
 (the ``reference`` entry of metrics.json).
@@ -162,6 +166,9 @@ def transcribe(wav, sr: int, name: str = "waveform") -> str:
   pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
   dec = get_decoder()
   with _DECODER_LOCK:
+    # A fresh feature extractor (CMN back at its initial value): the same
+    # clip gives the same words whatever was decoded before, in any process.
+    dec.reinit_feat()
     dec.start_utt()
     dec.process_raw(pcm, full_utt=True)
     dec.end_utt()
