@@ -319,7 +319,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from metatts import compile_cache  # pylint: disable=g-import-not-at-top
   compile_cache.enable()
   try:
-    return args.func(args)
+    # XLA's compiled programs and the traces of adapt/say are kept: a warm
+    # run skips compiling, tracing and lowering (docs/benchmarks.md).
+    with compile_cache.storing_traces():
+      return args.func(args)
   except KeyboardInterrupt:
     print("Interrupted (Ctrl-C): nothing was saved (an existing voice or WAV "
           "is unchanged).", file=sys.stderr, flush=True)

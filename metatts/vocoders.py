@@ -149,8 +149,10 @@ def load_vocoder(vocoder: Union[None, str, PathLike, Any], model_dir: str,
 
 @functools.lru_cache(maxsize=8)
 def _griffin_lim_function(mel_config: afeat.MelConfig, n_iter: int):
-  return jax.jit(functools.partial(afeat.mel_to_audio, config=mel_config,
-                                   n_iter=n_iter))
+  from metatts import compile_cache  # pylint: disable=g-import-not-at-top
+  return compile_cache.stored_jit(
+      functools.partial(afeat.mel_to_audio, config=mel_config, n_iter=n_iter),
+      name="mel_to_audio", key=(mel_config, n_iter))
 
 
 

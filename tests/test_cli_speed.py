@@ -1,5 +1,10 @@
 """What keeps a warm `python -m metatts say` / `adapt` fast (issue 13, item 5).
 
+* The CLI keeps the traces of the adaptation, Tacotron inference and
+  Griffin-Lim (``metatts.compile_cache.stored_jit``): a warm run reads them
+  instead of tracing, and gives the same voice and WAV bytes as a cold run
+  and as the library without them.
+
 * The voice path does not import torch (via tensorboardX), scipy.signal,
   librosa or numba (together ~8 s of a 12 s warm `say` on a 2-core CPU,
   docs/benchmarks.md).
@@ -8,15 +13,26 @@
   feature, trimmed clip and synthesized WAV stays byte-identical.
 """
 
+import os
 import subprocess
 import sys
+from typing import Any, NamedTuple
 
 import librosa
 import numpy as np
 import pytest
 
+from metatts import __main__ as cli
+from metatts import api
+from metatts import compile_cache
+from metatts import vocoders
+from metatts import voice as voice_lib
 from metatts.audio import features as afeat
 from metatts.audio import io as aio
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_api import SR, make_export  # noqa: E402  pylint: disable=g-import-not-at-top
+from test_cli import write_clips  # noqa: E402  pylint: disable=g-import-not-at-top
 
 HEAVY = ("torch", "tensorboardX", "scipy.signal", "librosa", "numba")
 
@@ -116,3 +132,159 @@ def test_silence_bounds_equal_librosa_bit_for_bit(frame, hop, margin, top_db):
           aio._db_below_loudest(rms), db)  # pylint: disable=protected-access
   # The trimmed tone: the bounds actually move (not a no-op).
   assert aio.silence_bounds(signals[0], 40.0, frame, hop, margin)[0] > 3000
+
+
+# ----------------------------------------------------------------------------
+# Stored traces (metatts.compile_cache.stored_jit): the CLI's warm runs skip
+# tracing and lowering, and compute the same bits.
+
+
+class _Pair(NamedTuple):
+  total: Any
+  parts: Any
+
+
+def _fresh_store(monkeypatch, tmp_path):
+  """Traces go to tmp_path/traces (the session's XLA cache stays)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.config.jax_compilation_cache_dir  # tests/conftest.py
+  folder = os.path.join(str(tmp_path), "traces")
+  monkeypatch.setitem(compile_cache._STATE, "dir", str(tmp_path))  # pylint: disable=protected-access
+  # An absolute TRACE_DIR wins in os.path.join(cache folder, TRACE_DIR), so
+  # the CLI's enable() (which finds the session's folder) writes here too.
+  monkeypatch.setattr(compile_cache, "TRACE_DIR", folder)
+  return folder
+
+
+def test_stored_jit_round_trips_trees_and_skips_tracing(monkeypatch,
+                                                        tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  folder = _fresh_store(monkeypatch, tmp_path)
+  traced = []
+
+  def fun(params, x, *, n):
+    traced.append(n)
+    y = x
+    for _ in range(n):
+      y = jnp.tanh(y @ params["layers"][0]["w"] + params["b"])
+    return _Pair(total=jnp.sum(y), parts={"y": {0: y, 1: -y},
+                                          "k": [y * 2, None]})
+
+  # Dicts with int keys, as NNX parameter trees have for layer lists.
+  params = {"layers": {0: {"w": jnp.eye(3) * 0.5}}, "b": jnp.arange(3.0)}
+  x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+  want = jax.jit(fun, static_argnames=("n",))(params, x, n=2)
+  with compile_cache.storing_traces():
+    first = compile_cache.stored_jit(fun, name="toy", key=("toy", 1),
+                                     static_argnames=("n",))
+    got1 = first(params, x, n=2)
+    assert first.stored == 1 and first.loaded == 0
+    assert len(os.listdir(folder)) == 1
+    # A new process is a new object: it reads the trace, tracing nothing.
+    traced.clear()
+    again = compile_cache.stored_jit(fun, name="toy", key=("toy", 1),
+                                     static_argnames=("n",))
+    got2 = again(params, x, n=2)
+    assert again.loaded == 1 and traced == []
+    # Another closure key or static value is another trace.
+    other = compile_cache.stored_jit(fun, name="toy", key=("toy", 2),
+                                     static_argnames=("n",))
+    other(params, x, n=2)
+    other(params, x, n=3)
+    assert other.stored == 2 and len(os.listdir(folder)) == 3
+  for got in (got1, got2):
+    assert isinstance(got, _Pair) and got.parts["k"][1] is None
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  # Outside storing_traces (the API, the evaluation): plain jax.jit.
+  traced.clear()
+  outside = compile_cache.stored_jit(lambda *a, **k: fun(*a, **k),
+                                     name="toy", key=("toy", 1),
+                                     static_argnames=("n",))
+  outside(params, x, n=2)
+  assert outside.loaded == outside.stored == 0 and traced == [2]
+
+
+def test_stored_jit_falls_back_to_jit(monkeypatch, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  folder = _fresh_store(monkeypatch, tmp_path)
+
+  def with_callback(x):  # host callbacks cannot be exported
+    return jax.pure_callback(lambda v: np.asarray(v) * 2,
+                             jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+  with compile_cache.storing_traces():
+    f = compile_cache.stored_jit(with_callback, name="cb", key=())
+    np.testing.assert_array_equal(f(jnp.ones(3)), 2 * np.ones(3))
+    g = compile_cache.stored_jit(lambda x, y: x * y, name="scalar", key=())
+    assert float(g(jnp.float32(2.0), 3.0)) == 6.0  # a Python scalar
+    # A damaged file is traced again and replaced.
+    h = compile_cache.stored_jit(lambda x: x + 1, name="damaged", key=())
+    h(jnp.ones(2))
+    (name,) = [n for n in os.listdir(folder) if n.startswith("damaged-")]
+    with open(os.path.join(folder, name), "r+b") as fh:
+      fh.truncate(40)
+    h2 = compile_cache.stored_jit(lambda x: x + 1, name="damaged", key=())
+    np.testing.assert_array_equal(h2(jnp.ones(2)), 2 * np.ones(2))
+    assert h2.loaded == 0 and h2.stored == 1
+  assert f.stored == g.stored == 0
+  assert sorted(n.split("-")[0] for n in os.listdir(folder)) == ["damaged"]
+
+
+def _new_functions():
+  """What a new process has: no jitted or stored function yet."""
+  voice_lib.adapt_function.cache_clear()
+  voice_lib.infer_function.cache_clear()
+  vocoders._griffin_lim_function.cache_clear()  # pylint: disable=protected-access
+
+
+@pytest.mark.slow  # ~40 s idle, 85 s busy: compiles adapt/infer/GL twice
+def test_cli_warm_run_loads_traces_and_gives_identical_voice_and_wav(
+    monkeypatch, tmp_path, capsys):
+  """Cold (traces written), warm (traces read, nothing traced) and the
+  library without the store give the same parameters and WAV bytes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  folder = _fresh_store(monkeypatch, tmp_path)
+  workdir = str(tmp_path / "model")
+  make_export(workdir)
+  clips = write_clips(str(tmp_path / "clips"))
+  text = ["Hello", "there."]
+
+  def cli_run(tag):
+    _new_functions()
+    voice_dir, wav = str(tmp_path / f"voice_{tag}"), str(tmp_path / f"{tag}.wav")
+    assert cli.main(["adapt", "--model", workdir, "--clips", clips, "--out",
+                     voice_dir, "--steps", "5", "--no-progress"]) == 0
+    traces = sum(voice_lib.ADAPT_TRACES.values())
+    assert cli.main(["say", "--voice", voice_dir, "-o", wav, *text]) == 0
+    with open(wav, "rb") as f:
+      return api.load_voice(voice_dir).params, f.read(), traces
+
+  before = sum(voice_lib.ADAPT_TRACES.values())
+  cold_params, cold_wav, cold_traces = cli_run("cold")
+  names = sorted(n.split("-")[0] for n in os.listdir(folder))
+  assert {"adapt_resumable_fn", "infer_fn", "mel_to_audio"} <= set(names), (
+      names)
+  assert cold_traces > before  # the cold run traced the adaptation
+  warm_params, warm_wav, warm_traces = cli_run("warm")
+  assert warm_traces == cold_traces  # ... the warm run did not
+  capsys.readouterr()
+  # The library path without stored traces (plain jax.jit), as before.
+  _new_functions()
+  tts = api.load(workdir)
+  paths = sorted(os.path.join(clips, n) for n in os.listdir(clips)
+                 if n.endswith(".wav"))
+  texts = [open(p[:-4] + ".txt").read().strip() for p in paths]
+  voice = tts.adapt_clips(tts.prepare_clips(paths, texts), steps=5,
+                          progress=lambda *a: None)
+  plain_wav = str(tmp_path / "plain.wav")
+  aio.save_wav(plain_wav, voice.synthesize(" ".join(text))[0], SR)
+  with open(plain_wav, "rb") as f:
+    plain = f.read()
+  assert cold_wav == warm_wav == plain
+  for got in (cold_params, warm_params):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(voice.params)):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
