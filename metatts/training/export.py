@@ -130,6 +130,38 @@ def build_from_config(model_name: str, model_config: Mapping[str, Any],
   return make(), config
 
 
+_ABSTRACT_SPLITS: Dict[Any, Any] = {}  # (model, config JSON, seed) -> split
+
+
+def _abstract_split(model_name: str, model_config: Mapping[str, Any],
+                    seed: int = 0):
+  """``functional.split`` of ``build_from_config(..., abstract=True)``.
+
+  Memoized per process: ``python -m metatts adapt`` builds the same
+  abstract model to load the export and again to save the voice, and each
+  ``nnx.eval_shape`` build took 0.6-1.2 s on the busy 2-core CPU
+  (docs/benchmarks.md). Every call gets its own copy of the parameter tree.
+
+  Returns:
+    ``(graphdef, params, rest)``: the graph, a pure dict of
+    ``jax.ShapeDtypeStruct`` and the non-parameter state.
+  """
+  from metatts import functional  # pylint: disable=g-import-not-at-top
+  key = (model_name, json.dumps(dict(model_config), sort_keys=True,
+                                default=_json_default), seed)
+  if key not in _ABSTRACT_SPLITS:
+    model, _ = build_from_config(model_name, model_config, seed,
+                                 abstract=True)
+    graphdef, params, rest = functional.split(model)
+    params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+    if len(_ABSTRACT_SPLITS) >= 8:
+      _ABSTRACT_SPLITS.clear()
+    _ABSTRACT_SPLITS[key] = (graphdef, params, rest)
+  graphdef, params, rest = _ABSTRACT_SPLITS[key]
+  return graphdef, jax.tree.map(lambda x: x, params), rest
+
+
 def _check_adapt(adapt: Mapping[str, Any]) -> Dict[str, Any]:
   missing = [k for k in ADAPT_KEYS if k not in adapt]
   if missing:
@@ -216,9 +248,7 @@ def write_export(folder: str, *, method: str, model_name: str,
   """
   where = where or folder
   cfg = config_to_dict(model_config)
-  model, _ = build_from_config(model_name, cfg, abstract=True)
-  from metatts import functional  # pylint: disable=g-import-not-at-top
-  _, expected, _ = functional.split(model)
+  _, expected, _ = _abstract_split(model_name, cfg)
   _check_structure(expected, params, f"export_model({where})")
   has_extra = extra is not None and bool(jax.tree_util.tree_leaves(extra))
   meta_info = {
@@ -462,15 +492,12 @@ def load_exported(directory: str, *, seed: int = 0
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{params_dir} is missing: the export is partial."
                             " " + _fix_hint(directory))
-  model, _ = build_from_config(info["model"], info["model_config"], seed,
-                               abstract=True)
-  graphdef, abstract, rest = functional.split(model)
+  graphdef, abstract, rest = _abstract_split(info["model"],
+                                             info["model_config"], seed)
   if jax.tree_util.tree_leaves(rest):
     # Non-parameter variables need real values: build the model eagerly.
     model, _ = build_from_config(info["model"], info["model_config"], seed)
     graphdef, _, rest = functional.split(model)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract)
   ckptr = ocp.StandardCheckpointer()
   try:
     params = ckptr.restore(params_dir, abstract)
