@@ -27,7 +27,9 @@ clip forward/backward budget (3000 pre-training steps of 2 speakers x
 
 ``zeroshot`` and the meta-learners start from ``transfer`` after 2/3 of its
 steps (``config.train.init_from_fraction``) and train for the other third of
-the budget, so that every method's total budget is the same. Every method is
+the budget, so that every method's total budget is the same. Two processes
+train: ``transfer`` beside ``multitask``, then the others in pairs
+(``config.train.workers``). Every method is
 then adapted to 12 held-out speakers per split (new speakers of seen voices,
 ``heldout_seen``; speakers of an unseen voice, ``heldout_unseen``) with 1 and
 5 clips for 0/5/10/20/50/100 steps of SGD (lr 0.01) by the one protocol
@@ -81,6 +83,7 @@ def get_config(arg: str = "study"):
   c.adapt.max_speakers = 12
   c.adapt.num_eval = 2
   c.adapt.workers = 2
+  c.train.workers = 2  # transfer beside multitask, then the rest in pairs
   c.eval.metrics = ("secs", "eer", "mcd", "wer")
   c.expected_minutes = 120
   if arg == "large":
@@ -97,6 +100,7 @@ def get_config(arg: str = "study"):
     c.train.num_support = 5
     c.train.num_query = 5
     c.train.init_from_fraction = 0.0
+    c.train.workers = c.adapt.workers = 1  # one process per accelerator
     c.train.meta_outer_lr = 0.0
     c.train.outer_lr = 1e-3
     c.train.inner_lr = 0.01

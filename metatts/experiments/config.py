@@ -78,6 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
   # train for the remaining (1 - f) x num_steps pre-training steps' clip
   # passes, so that every method's total budget is the same.
   c.train.init_from_fraction = 0.0
+  # Processes that train the methods (two waves: the methods that start
+  # from nothing, then those that start from init_from); 1 = this process.
+  c.train.workers = 1
   c.train.log_every = 10
   c.train.checkpoint_every = 50
   c.train.max_to_keep = 2
@@ -104,6 +107,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.enabled = True
   c.eval.metrics = ("secs", "eer")
   c.eval.griffin_lim = True
+  # Judging processes (metatts.evaluation.evaluate): 0 = auto (the usable
+  # CPUs up to 4; serial below 48 clips), 1 = this process.
+  c.eval.workers = 0
+  # Step counts whose synthesized clips get PocketSphinx WER; () = all.
+  c.eval.wer_steps = ()
 
   c.vocoder = ml_collections.ConfigDict()
   c.vocoder.enabled = False

@@ -174,6 +174,74 @@ def evaluation_clips(config, data: Data):
       data.heldout, protocol, int(config.adapt.max_speakers), fits)
 
 
+_RESULT_KEYS = ("steps", "seconds", "cpu_seconds", "clip_passes", "export",
+                "resumed_from", "num_skipped", "final")
+
+
+def _train_worker(config_json: str, workdir: str, name: str) -> dict:
+  """Trains one method in a spawned process (``train_methods``)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from metatts import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  data = prepare_data(config, progress=False)
+  ctx = context(config, data, workdir)
+  result = methods_lib.get(name).train(ctx)
+  return {k: result[k] for k in _RESULT_KEYS}
+
+
+def train_methods(config, ctx: base.Context, names: List[str],
+                  workdir: str) -> Dict[str, dict]:
+  """Trains (or resumes) and exports every method of ``names``.
+
+  With ``config.train.workers`` > 1 the methods train in that many spawned
+  processes, in two waves: first the methods that start from nothing (the
+  ``init_from`` source among them), then those that start from the
+  source's export. Each process loads the corpus from its cache and builds
+  the same initialization from ``config.seed``, so a method's training is
+  the same in any process (its checkpoints resume in any other).
+
+  Returns:
+    ``{name: {"steps", "seconds", "cpu_seconds", "clip_passes", "export",
+    "resumed_from", "num_skipped", "final"}}``.
+  """
+  workers = int(config.train.get("workers", 1))
+  trains = [n for n in names if methods_lib.get(n).trains]
+  out: Dict[str, dict] = {}
+  if workers <= 1 or len(trains) <= 1:
+    for n in names:
+      out[n] = {k: v for k, v in methods_lib.get(n).train(ctx).items()
+                if k in _RESULT_KEYS}
+    return out
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  src = config.train.init_from
+  later = [n for n in trains if src in trains and n != src
+           and methods_lib.get(n).uses_init_from]
+  waves = [[n for n in trains if n not in later], later]
+  config_json = config.to_json()
+  for wave in waves:
+    if not wave:
+      continue
+    _say(f"Training {', '.join(wave)} in {min(workers, len(wave))} "
+         "processes.")
+    with concurrent.futures.ProcessPoolExecutor(
+        min(workers, len(wave)),
+        mp_context=multiprocessing.get_context("spawn")) as pool:
+      futures = {pool.submit(_train_worker, config_json, workdir, n): n
+                 for n in wave}
+      for fut in concurrent.futures.as_completed(futures):
+        n = futures[fut]
+        out[n] = fut.result()
+        _say(f"[{n}] trained: {out[n]['steps']} steps in "
+             f"{out[n]['seconds'] / 60:.1f} min.")
+  for n in names:  # the methods that do not train, in this process
+    if n not in out:
+      out[n] = {k: v for k, v in methods_lib.get(n).train(ctx).items()
+                if k in _RESULT_KEYS}
+  return out
+
+
 def run(config, workdir: str) -> Dict[str, Any]:
   """Trains, exports, adapts and evaluates (see the module docstring).
 
@@ -209,11 +277,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
     evaluated += list(BASELINES)
   trained: Dict[str, dict] = {}
   exports: Dict[str, str] = {}
+  results = train_methods(config, ctx, evaluated, workdir)
   for name in evaluated:
-    method = methods_lib.get(name)
-    result = method.train(ctx)
+    result = results[name]
     exports[name] = result["export"]
-    if method.trains:
+    if methods_lib.get(name).trains:
       trained[name] = result
       timings[f"train/{name}"] = result["seconds"]
 
@@ -247,9 +315,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
     if config.eval.enabled:
       from metatts.evaluation import pipeline  # pylint: disable=g-import-not-at-top
       tick = time.perf_counter()
-      evaluation = pipeline.evaluate(workdir, metrics=tuple(
-          config.eval.metrics), progress=bool(config.progress),
-                                     griffin_lim=bool(config.eval.griffin_lim))
+      evaluation = pipeline.evaluate(
+          workdir, metrics=tuple(config.eval.metrics),
+          progress=bool(config.progress),
+          griffin_lim=bool(config.eval.griffin_lim),
+          workers=int(config.eval.get("workers", 0)),
+          wer_steps=tuple(config.eval.get("wer_steps", ())))
       report = evaluation.get("report")
       from metatts.training import logging as logging_lib  # pylint: disable=g-import-not-at-top
       logging_lib.log_evaluation(workdir, evaluation["metrics"])
