@@ -128,6 +128,44 @@ def test_multitask_loss_matches_hand_computation():
   np.testing.assert_allclose(table[3], table[:3].mean(0), rtol=1e-6)
 
 
+def test_multitask_pools_the_duration_models_teacher_forced_mel():
+  """With the duration Tacotron (no forward pass of its own) the speaker
+  head pools the loss's teacher-forced post-net mel: the same total as by
+  hand from ``model.loss``."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from metatts.models import build_model  # pylint: disable=g-import-not-at-top
+  cfg = {"size": "tiny", "num_symbols": 40, "num_mels": 20,
+         "num_speakers": 4, "embed_dim": 16, "encoder_dim": 16,
+         "encoder_num_convs": 1, "aligner_dim": 16, "duration_dim": 16,
+         "decoder_dim": 16, "decoder_num_convs": 2, "postnet_dim": 16,
+         "postnet_num_convs": 2, "speaker_dim": 8, "max_frames": 64}
+  graphdef, params, rest = functional.split(nnx.jit(
+      lambda: build_model("duration_tacotron", cfg, nnx.Rngs(0)))())
+  ctx, _ = _context()
+  ctx = ctx._replace(model_name="duration_tacotron", graphdef=graphdef,
+                     rest=rest, params0=params)
+  setup = methods.get("multitask").setup(ctx, params)
+  head = setup.params["heads"]["speaker"]["classifier"]["linear"]
+  batch = _batch(np.random.default_rng(1))
+  loss, aux = jax.jit(setup.loss_fn)(setup.params, batch)
+  assert "mel_after" not in aux and "speaker_ce" in aux
+  model = functional.merge(graphdef, params, rest)
+  mel_loss, maux = model.loss(batch)
+  mask = np.asarray(layers.length_mask(batch.mel_lengths, 24), np.float64)
+  mel = np.asarray(maux["mel_after"], np.float64)
+  pooled = (mel * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  logits = pooled @ np.asarray(head["kernel"], np.float64) + np.asarray(
+      head["bias"], np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -np.mean(logp[np.arange(3), np.asarray(batch.speaker_ids)])
+  l2 = sum(float(np.sum(np.square(np.asarray(x, np.float64))))
+           for x in jax.tree_util.tree_leaves(params))
+  np.testing.assert_allclose(float(aux["speaker_ce"]), ce, rtol=2e-5)
+  np.testing.assert_allclose(float(loss),
+                             float(mel_loss) + 0.3 * ce + 1e-3 * l2,
+                             rtol=2e-5)
+
+
 def test_multitask_names_a_model_without_a_teacher_forced_forward(
     monkeypatch):
   ctx, params = _context()

@@ -31,17 +31,24 @@ class AcousticTrunk(nnx.Module):
   """The shared trunk: the acoustic model's loss and its generated mel.
 
   ``trunk(batch) -> {"loss": (loss, aux), "mel": (mel_after [B, T, M],
-  mask [B, T])}``.
+  mask [B, T])}``. The mel is the ``mel_after`` of the loss's aux when the
+  model puts it there (the duration Tacotron: no second forward pass), else
+  that of the model's teacher-forced forward pass ``model(batch)`` (the
+  attention Tacotron).
   """
 
   def __init__(self, acoustic: nnx.Module):
     self.acoustic = acoustic
 
   def __call__(self, batch):
-    loss = self.acoustic.loss(batch)
-    out = self.acoustic(batch)
-    mask = layers.length_mask(batch.mel_lengths, out.mel_after.shape[1])
-    return {"loss": loss, "mel": (out.mel_after, mask)}
+    loss, aux = self.acoustic.loss(batch)
+    if isinstance(aux, dict) and "mel_after" in aux:
+      aux = dict(aux)
+      mel = aux.pop("mel_after")
+    else:
+      mel = self.acoustic(batch).mel_after
+    mask = layers.length_mask(batch.mel_lengths, mel.shape[1])
+    return {"loss": (loss, aux), "mel": (mel, mask)}
 
 
 class SpeakerHead(nnx.Module):
@@ -95,13 +102,13 @@ class MultiTask(base.Method):
   def setup(self, ctx: base.Context, params) -> base.Setup:
     t = ctx.config.train
     acoustic = functional.merge(ctx.graphdef, params, ctx.rest)
-    if not callable(acoustic):
+    if not callable(acoustic) and not getattr(acoustic, "LOSS_AUX_MEL",
+                                               False):
       raise ValueError(
           f"config.model.name={ctx.model_name!r}: the multitask method pools "
           "the mel of the model's teacher-forced forward pass "
-          f"(model(batch).mel_after), which {type(acoustic).__name__} does "
-          "not have; train multitask with model name 'tacotron' or give the "
-          "model that forward pass.")
+          f"(model(batch).mel_after or the loss's aux['mel_after']), which "
+          f"{type(acoustic).__name__} has neither of; give the model one.")
     model = mt.MultiTaskModel(AcousticTrunk(acoustic), {
         "mel": mel_head,
         "speaker": SpeakerHead(ctx.data.feature_config.n_mels,

@@ -394,6 +394,10 @@ class DurationTacotron(nnx.Module):
   ``duration``, ``decoder``, ``postnet``.
   """
 
+  # ``loss`` returns the teacher-forced post-net mel in its aux
+  # (``aux["mel_after"]``): what the multitask method's speaker head pools.
+  LOSS_AUX_MEL = True
+
   def __init__(self, config: DurationTacotronConfig, *, rngs: nnx.Rngs):
     """Builds the model.
 
@@ -500,7 +504,9 @@ class DurationTacotron(nnx.Module):
     Returns:
       (scalar float32 loss, aux dict with 'l1_before', 'l1_after',
       'l2_before', 'l2_after', 'duration', 'forward_sum', 'binarization',
-      'mel_loss' and 'alignment' [B, T, L] (the hard alignment)).
+      'mel_loss', 'alignment' [B, T, L] (the hard alignment) and
+      'mel_after' [B, T, M], the post-net mel of the teacher-forced decoder
+      (what the ``multitask`` method's speaker head pools)).
     """
     c = self.config
     b, t, _ = batch.mels.shape
@@ -542,6 +548,7 @@ class DurationTacotron(nnx.Module):
     aux = dict(terms)
     aux["mel_loss"] = mel_loss
     aux["alignment"] = hard
+    aux["mel_after"] = mel_after  # the teacher-forced output (multitask)
     return total, aux
 
   # ---- inference ----------------------------------------------------------
