@@ -13,8 +13,6 @@ synthetic corpus, a microscopic Tacotron, 4 training steps per method):
 The fast tests check the pieces against hand computation.
 """
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -32,6 +30,8 @@ from metatts.experiments import adaptation
 from metatts.experiments import tts
 
 from tts_smoke import CONFIG, REPO
+from tts_smoke import check_evaluation_equals_api as _check_evaluation_equals_api
+from tts_smoke import final_params as _final_params
 from tts_smoke import smoke_config as _smoke_config
 
 
@@ -46,13 +46,6 @@ def smoke(tmp_path_factory):
   result = tts.run(config, workdir)
   return types.SimpleNamespace(tmp=tmp, config=config, workdir=workdir,
                                result=result)
-
-
-def _final_params(method_dir):
-  from metatts.training import export  # pylint: disable=g-import-not-at-top
-  _, params, info, _ = export.load_exported(os.path.join(method_dir,
-                                                         "model"))
-  return params, info
 
 
 @pytest.mark.slow
@@ -120,117 +113,6 @@ def test_evaluation_audio_is_what_the_api_gives(smoke, tmp_path):
   .synthesize(...)`` on the same clips, seed and steps, sample for sample."""
   _check_evaluation_equals_api(smoke.config, smoke.workdir, tmp_path,
                                ("meta-fomaml", "scratch"))
-
-
-@pytest.fixture(scope="module")
-def duration_smoke(tmp_path_factory):
-  """The smoke run with the duration Tacotron on phonemes, the
-  meta-learner started from the transfer export."""
-  tmp = str(tmp_path_factory.mktemp("tts_duration"))
-  config = _smoke_config(tmp)
-  config.model = {"name": "duration_tacotron", "size": "tiny",
-                  "embed_dim": 16, "encoder_dim": 16, "encoder_num_convs": 1,
-                  "aligner_dim": 16, "duration_dim": 16, "decoder_dim": 16,
-                  "decoder_num_convs": 2, "postnet_dim": 16,
-                  "postnet_num_convs": 2, "speaker_dim": 8,
-                  "max_frames": 320}
-  config.data.features.symbols = "phonemes"
-  config.train.init_from = "transfer"
-  # The meta-learner starts from transfer's step-2 export and trains for the
-  # other half of the budget; two processes adapt the two methods.
-  config.train.init_from_fraction = 0.5
-  config.adapt.workers = 2
-  config.vocoder.enabled = False
-  # One support size and no untrained baseline: each extra support size
-  # compiles every adaptation program again (the smoke run covers both).
-  config.adapt.shots = (2,)
-  config.adapt.scratch = False
-  workdir = os.path.join(tmp, "run")
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    result = tts.run(config, workdir)
-  return types.SimpleNamespace(tmp=tmp, config=config, workdir=workdir,
-                               result=result, stdout=out.getvalue())
-
-
-@pytest.mark.slow
-def test_duration_model_runs_end_to_end(duration_smoke, tmp_path):
-  """The duration model's path: every method trains and exports the
-  duration Tacotron, the meta-learner starts from the transfer export, and
-  the evaluation's audio is the API's, sample for sample."""
-  w = duration_smoke.workdir
-  for method in ("transfer", "meta-fomaml"):
-    params, info = _final_params(os.path.join(w, method))
-    assert info["model"] == "duration_tacotron", info["model"]
-    assert {"aligner", "duration", "decoder", "speaker"} <= set(params)
-  run = json.load(open(os.path.join(w, "run.json")))
-  assert run["methods"] == ["transfer", "meta-fomaml"]
-  # One budget: transfer's passes up to its step 2 plus meta-fomaml's own
-  # are transfer's 4 steps' passes.
-  c = duration_smoke.config
-  assert run["training"]["transfer"]["steps"] == 4
-  assert (tts.clip_passes("transfer", c.train, 2) + run["budget"]["meta-fomaml"]
-          == run["budget"]["transfer"])
-  source = os.path.join(w, "transfer", "model_at_2")
-  _, info = _final_params(os.path.join(w, "transfer"))
-  assert info["train_steps"] == 4
-  from metatts.training import export  # pylint: disable=g-import-not-at-top
-  assert export.read_model_json(source)["train_steps"] == 2
-  assert (f"[meta-fomaml] initialized from {source} (transfer, step 2)."
-          in duration_smoke.stdout), duration_smoke.stdout[-2000:]
-  # Adapted in two worker processes: the same audio as the API in this one.
-  _check_evaluation_equals_api(c, w, tmp_path, ("transfer", "meta-fomaml"))
-  # A rerun of the adaptation stage adapts nothing again.
-  data = tts.prepare_data(c, progress=False)
-  protocol, speakers = tts.evaluation_clips(c, data)
-  exports = {m: os.path.join(w, m, "model") for m in run["methods"]}
-  again = adaptation.run_methods(exports, speakers,
-                                 os.path.join(w, "samples"), protocol,
-                                 int(c.adapt.griffin_lim_iters), progress=False)
-  assert again["_adapted"] == []
-  assert again["meta-fomaml"] == json.load(open(os.path.join(
-      w, "samples", "protocol.json")))["meta-fomaml"]
-
-
-def _check_evaluation_equals_api(c, w, tmp_path, methods):
-  import metatts  # pylint: disable=g-import-not-at-top
-  import soundfile as sf  # pylint: disable=g-import-not-at-top
-  from metatts import vocoders  # pylint: disable=g-import-not-at-top
-  from metatts import voice  # pylint: disable=g-import-not-at-top
-  from metatts.audio import io as aio  # pylint: disable=g-import-not-at-top
-  data = tts.prepare_data(c, progress=False)
-  examples = {e.utt_id: e for split in data.heldout.values()
-              for exs in split.values() for e in exs}
-  protocol = json.load(open(os.path.join(w, "samples", "protocol.json")))
-  checked = 0
-  for method in methods:
-    model = metatts.load(os.path.join(w, method), vocoder=(
-        vocoders.GriffinLimVocoder(data.feature_config.mel_config(),
-                                   int(c.adapt.griffin_lim_iters))))
-    for spk, rec in sorted(protocol[method]["speakers"].items()):
-      k = max(rec["shots"], key=int)
-      support = [examples[u] for u in rec["shots"][k]["support"]]
-      evaluation = [examples[u] for u in rec["evaluation"]]
-      eval_clips = [clips.from_example(e) for e in support]
-      speech, _ = voice.adapt_and_synthesize(
-          model, eval_clips, [e.text for e in evaluation],
-          tuple(c.adapt.steps))
-      for s in c.adapt.steps:
-        v = model.adapt([e.audio_path for e in support],
-                        [e.text for e in support], steps=int(s))
-        for e, want in zip(evaluation, speech[s]):
-          audio, sr = v.synthesize(e.text)
-          # The same floats as the evaluation's path on its cached clips...
-          np.testing.assert_array_equal(audio, want.audio)
-          # ...and the same samples as the file the evaluation judged.
-          path = str(tmp_path / f"{method}_{spk}_{s}.wav")
-          aio.save_wav(path, audio, sr)
-          judged = os.path.join(w, "samples", method, f"shots_{k}",
-                                f"steps_{s}", spk, e.utt_id + ".wav")
-          np.testing.assert_array_equal(sf.read(path, dtype="int16")[0],
-                                        sf.read(judged, dtype="int16")[0])
-          checked += 1
-  assert checked >= len(methods) * 2 * len(c.adapt.steps)
 
 
 @pytest.mark.slow
