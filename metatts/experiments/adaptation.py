@@ -40,6 +40,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, List, Mapping, NamedTuple, Optional, Sequence
@@ -318,6 +319,36 @@ def _adapt_one(method: str, export_dir: str, speakers, samples_dir: str,
   return record
 
 
+# One XLA CPU thread per worker process: with as many processes as cores, the
+# default intra-op thread pool (one thread per core in every process)
+# oversubscribes the cores, and its threads wait on each other.
+SINGLE_THREAD_XLA = ("--xla_cpu_multi_thread_eigen=false "
+                     "intra_op_parallelism_threads=1")
+
+
+@contextlib.contextmanager
+def spawn_pool(workers: int, initializer=None):
+  """A ``ProcessPoolExecutor`` of ``workers`` spawned processes (jax is not
+  fork-safe) whose XLA CPU backend runs one thread each
+  (``SINGLE_THREAD_XLA`` added to ``XLA_FLAGS`` while the pool starts them;
+  ``METATTS_WORKER_THREADS=all`` keeps XLA's default)."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  old = os.environ.get("XLA_FLAGS")
+  if os.environ.get("METATTS_WORKER_THREADS", "") != "all":
+    os.environ["XLA_FLAGS"] = f"{old or ''} {SINGLE_THREAD_XLA}".strip()
+  try:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=initializer) as pool:
+      yield pool
+  finally:
+    if old is None:
+      os.environ.pop("XLA_FLAGS", None)
+    else:
+      os.environ["XLA_FLAGS"] = old
+
+
 def _worker_init() -> None:
   from metatts import compile_cache  # pylint: disable=g-import-not-at-top
   compile_cache.enable()
@@ -370,10 +401,7 @@ def run_methods(exports: Mapping[str, str], speakers: Sequence[SpeakerClips],
         print(f"[{method}] adapted to {len(speakers)} speakers.", flush=True)
   elif todo:
     import concurrent.futures  # pylint: disable=g-import-not-at-top
-    import multiprocessing  # pylint: disable=g-import-not-at-top
-    with concurrent.futures.ProcessPoolExecutor(
-        min(workers, len(todo)), mp_context=multiprocessing.get_context(
-            "spawn"), initializer=_worker_init) as pool:
+    with spawn_pool(min(workers, len(todo)), _worker_init) as pool:
       futures = {pool.submit(_adapt_one, method, path, speakers, samples_dir,
                              protocol, griffin_lim_iters, key): method
                  for method, (path, key) in todo.items()}
@@ -457,5 +485,5 @@ def markdown_table(workdir: str, metrics: Sequence[str] = ("secs", "eer"),
 
 
 __all__ = ["CHUNK", "DONE", "Protocol", "SpeakerClips", "fingerprint",
-           "load_model", "markdown_table", "protocol_from_config",
+           "load_model", "markdown_table", "protocol_from_config", "spawn_pool",
            "run_method", "run_methods", "select_clips", "write_references"]

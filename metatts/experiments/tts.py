@@ -214,7 +214,6 @@ def train_methods(config, ctx: base.Context, names: List[str],
                 if k in _RESULT_KEYS}
     return out
   import concurrent.futures  # pylint: disable=g-import-not-at-top
-  import multiprocessing  # pylint: disable=g-import-not-at-top
   src = config.train.init_from
   later = [n for n in trains if src in trains and n != src
            and methods_lib.get(n).uses_init_from]
@@ -225,9 +224,7 @@ def train_methods(config, ctx: base.Context, names: List[str],
       continue
     _say(f"Training {', '.join(wave)} in {min(workers, len(wave))} "
          "processes.")
-    with concurrent.futures.ProcessPoolExecutor(
-        min(workers, len(wave)),
-        mp_context=multiprocessing.get_context("spawn")) as pool:
+    with adaptation.spawn_pool(min(workers, len(wave))) as pool:
       futures = {pool.submit(_train_worker, config_json, workdir, n): n
                  for n in wave}
       for fut in concurrent.futures.as_completed(futures):
