@@ -300,3 +300,14 @@ def test_cli_warm_run_loads_traces_and_gives_identical_voice_and_wav(
   for got in (cold_params, warm_params):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(voice.params)):
       assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_cli_fast_exit_keeps_the_status_and_the_messages(tmp_path):
+  """`python -m metatts` leaves without the interpreter's teardown
+  (metatts.__main__._exit_now); the exit status and stderr still arrive."""
+  out = subprocess.run(
+      [sys.executable, "-m", "metatts", "say", "--voice",
+       str(tmp_path / "none"), "-o", str(tmp_path / "x.wav"), "Hi."],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 2
+  assert "is not a saved voice" in out.stderr and out.stderr.endswith("\n")
