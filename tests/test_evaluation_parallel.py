@@ -223,9 +223,13 @@ def test_cache_round_trip_is_exact(tmp_path):
 def test_workers_and_wer_steps_arguments():
   assert measure.resolve_workers(1, 1000) == 1
   assert measure.resolve_workers(3, 2) == 3
-  assert measure.resolve_workers(None, measure.MIN_PARALLEL_CLIPS - 1) == 1
+  assert measure.resolve_workers(None, measure.MIN_PARALLEL_SECONDS - 1) == 1
   auto = measure.resolve_workers(0, 10 ** 4)
   assert 1 <= auto <= measure.MAX_AUTO_WORKERS
+  # A clip with every base-study judge, and the Griffin-Lim ceiling's extra.
+  assert measure.estimate_seconds(("embed", "world", "asr"), False) == \
+      pytest.approx(1.182)
+  assert measure.estimate_seconds((), True) == pytest.approx(1.202)
   with pytest.raises(ValueError, match="workers=-1"):
     measure.resolve_workers(-1, 10)
   assert pipeline.parse_wer_steps("100, 0,5") == (0, 5, 100)

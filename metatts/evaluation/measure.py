@@ -16,7 +16,10 @@ the parts still missing for it; :func:`measure` does it. :class:`Runner` runs
 requests in the calling process (``workers=1``) or in a pool of ``spawn``-ed
 worker processes, each of which loads Resemblyzer and PocketSphinx once (JAX
 in the parent is not fork-safe, hence ``spawn``). The very same
-:func:`measure` runs either way, so the numbers are identical.
+:func:`measure` runs either way, so the numbers are identical. (Limiting
+numpy's BLAS to one thread in the workers was tried: it changes the
+Resemblyzer embeddings at 1e-7, so the workers keep the libraries'
+defaults.)
 
 :class:`Cache` keeps every measured part in ``<folder>/<fingerprint>/
 <entry>.json``. An entry is keyed by the clip's path relative to the samples
@@ -62,11 +65,17 @@ GRIFFIN_LIM_ITERS = 32
 GRIFFIN_LIM_SEED = 0
 # Bump when a judge's output changes in a way the source hash cannot see.
 CACHE_VERSION = 1
-# Auto mode: at most this many workers, and none below this many clips to
-# measure (starting a worker, which loads torch, Resemblyzer, PocketSphinx and
-# JAX, costs several seconds).
+# Auto mode: at most this many workers, and none below this many seconds of
+# estimated serial work (starting a worker, which loads torch, Resemblyzer,
+# PocketSphinx and JAX, costs about 13 CPU-seconds).
 MAX_AUTO_WORKERS = 4
-MIN_PARALLEL_CLIPS = 48
+MIN_PARALLEL_SECONDS = 60.0
+# Rough CPU-seconds per part of a ~2 s clip on the 2-core development VM
+# (docs/benchmarks.md, "Judging"; DNSMOS a guess); only the auto mode uses
+# them.
+PART_SECONDS = {"load": 0.002, "embed": 0.09, "features": 0.21,
+                "world": 0.23, "asr": 0.86, "dnsmos": 0.3,
+                "griffin_lim": 1.2}
 # Requests per pool task: the per-task overhead is milliseconds and a clip
 # seconds, so small chunks balance the load best.
 MAX_CHUNK = 4
@@ -317,36 +326,31 @@ class Cache:
 
 
 # ------------------------------------------------------------------ runner
-def resolve_workers(workers: Optional[int], n_pending: int) -> int:
+def estimate_seconds(parts: Sequence[str], griffin_lim: bool) -> float:
+  """Rough serial CPU-seconds to measure ``parts`` of one source."""
+  return (PART_SECONDS["load"] + sum(PART_SECONDS[p] for p in parts)
+          + (PART_SECONDS["griffin_lim"] if griffin_lim else 0.0))
+
+
+def resolve_workers(workers: Optional[int], work_seconds: float) -> int:
   """Worker count: ``None``/``0`` is auto, ``1`` serial, ``N`` a pool of N.
 
   Auto uses the usable CPUs, at most :data:`MAX_AUTO_WORKERS`, and no pool
-  for fewer than :data:`MIN_PARALLEL_CLIPS` clips to measure.
+  when the estimated serial work (:func:`estimate_seconds`) is under
+  :data:`MIN_PARALLEL_SECONDS`.
   """
   if workers is None or workers == 0:
     try:
       cpus = len(os.sched_getaffinity(0))
     except AttributeError:
       cpus = os.cpu_count() or 1
-    if n_pending < MIN_PARALLEL_CLIPS:
+    if work_seconds < MIN_PARALLEL_SECONDS:
       return 1
     return max(1, min(cpus, MAX_AUTO_WORKERS))
   if not isinstance(workers, (int, np.integer)) or workers < 0:
     raise ValueError(f"workers={workers!r}: use a positive number of judging "
                      "processes, 1 for serial, or 0 (auto).")
   return int(workers)
-
-
-def _main_hint() -> str:
-  """Why spawned workers fail when ``__main__`` is a script, if it is one."""
-  import sys  # pylint: disable=g-import-not-at-top
-  main = sys.modules.get("__main__")
-  if (getattr(getattr(main, "__spec__", None), "name", None) is None
-      and getattr(main, "__file__", None)):
-    return (f" Workers are started with 'spawn' and import "
-            f"{main.__file__} again: if it calls evaluate() at the top level, "
-            "put the call under `if __name__ == \"__main__\":`.")
-  return ""
 
 
 class Runner:

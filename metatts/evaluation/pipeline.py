@@ -27,6 +27,13 @@ Student-t interval over speakers in ``ci95``.
 A synthesized clip that cannot be judged (unreadable, silent, NaN) is counted
 in ``n_failed`` and listed with its error in clips.json, and the run goes on.
 Bad reference clips stop the run: they are the ground truth.
+
+The per-clip work (embeddings, WORLD + DTW, transcripts, Griffin-Lim) is
+:mod:`metatts.evaluation.measure`'s: in this process or in ``workers``
+spawned processes, with identical results, and cached in
+``REPORT/.judged/`` so that a rerun judges only new or changed clips. The
+parent scores what comes back (cosines, EER trials, WER counts) in the
+serial order.
 """
 
 from __future__ import annotations
@@ -314,7 +321,7 @@ def judge_samples(samples: layout.Samples, metrics: Sequence[str] = DEFAULT_METR
 
   measurer = _Measurer(samples, judge, measure.Cache(cache_dir), f0_method)
   # Decide the pool size from what the cache leaves to measure.
-  pending = measurer.count_pending(
+  pending = measurer.pending_seconds(
       [(c, False, judge.parts(c, is_reference=True)) for c in ref_clips]
       + ([(c, True, judge.parts(c)) for c in ref_clips] if griffin_lim else [])
       + [(c, False, judge.parts(c)) for c in voc_clips]
@@ -479,8 +486,14 @@ class _Measurer:
             and measure.first_error(got) is None else None)
     return key, names, got, todo
 
-  def count_pending(self, sources) -> int:
-    return sum(self._lookup(*s)[3] is not None for s in sources)
+  def pending_seconds(self, sources) -> float:
+    """Estimated serial seconds of what the cache leaves to measure."""
+    total = 0.0
+    for clip, gl, parts in sources:
+      todo = self._lookup(clip, gl, parts)[3]
+      if todo is not None:
+        total += measure.estimate_seconds(todo, gl)
+    return total
 
   def run(self, runner: measure.Runner, sources, bar) -> List[dict]:
     """Measured parts of each ``(clip, griffin_lim, parts)``, in order."""
@@ -590,8 +603,9 @@ def evaluate(workdir: str, *, metrics: Iterable[str] = DEFAULT_METRICS,
       written).
     out_dir: Report folder (default ``WORKDIR/report``).
     workers: Judging processes (``None``/0: the usable CPUs up to 4, serial
-      below 48 clips to judge; 1: serial, in this process). metrics.json and
-      clips.json do not depend on it.
+      below about a minute of judging; 1: serial, in this process; use 1 on
+      a machine shared with other jobs, see docs/evaluation.md).
+      metrics.json and clips.json do not depend on it.
     cache: Keep every judged clip in ``OUT_DIR/.judged/`` and reuse it: a
       rerun (after an interruption, or with one more method) judges only new
       or changed clips.

@@ -108,7 +108,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.metrics = ("secs", "eer")
   c.eval.griffin_lim = True
   # Judging processes (metatts.evaluation.evaluate): 0 = auto (the usable
-  # CPUs up to 4; serial below 48 clips), 1 = this process.
+  # CPUs up to 4; serial below about a minute of judging), 1 = this process
+  # (use 1 on a machine shared with other jobs: docs/evaluation.md).
   c.eval.workers = 0
   # Step counts whose synthesized clips get PocketSphinx WER; () = all.
   c.eval.wer_steps = ()
