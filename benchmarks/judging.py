@@ -1,8 +1,9 @@
 """What judging a samples folder costs: per judge, and serial vs parallel.
 
-``--mode judges`` times each judge on every clip of a samples folder, after
-one warm-up clip (the loading of Resemblyzer, PocketSphinx and the numba/JAX
-compilations is reported separately as ``first``):
+``--mode judges`` times each judge (wall and CPU seconds) on every clip of a
+samples folder, after one warm-up clip (the loading of Resemblyzer,
+PocketSphinx and the numba/JAX compilations is reported separately as
+``first``):
 
 * ``load``: reading and resampling the WAV to 16 kHz;
 * ``embed``: Resemblyzer utterance embedding (SECS and EER);
@@ -61,18 +62,20 @@ def judges(workdir: str, limit: int) -> dict:
          for spks in ss.values() for u in spks.values() for c in u.values()]
   syn = syn[:limit]
   ref_feat = {}
-  times = {k: [] for k in ("load", "embed", "world", "dtw", "asr",
-                           "griffin_lim")}
+  keys = ("load", "embed", "world", "dtw", "asr", "griffin_lim")
+  times = {k: [] for k in keys}
+  cpu = {k: [] for k in keys}
   first = {}
 
   def timed(key, fn, *a, **kw):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = fn(*a, **kw)
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
     if key not in first:
       first[key] = dt
     else:
       times[key].append(dt)
+      cpu[key].append(dc)
     return out
 
   for c in refs:
@@ -91,9 +94,11 @@ def judges(workdir: str, limit: int) -> dict:
       timed("dtw", dtw.align, f.mcep[:, 1:], r.mcep[:, 1:])
     timed("asr", wer.transcribe, wav, EVAL_SAMPLE_RATE, c.wav)
   med = {k: round(statistics.median(v), 4) for k, v in times.items() if v}
+  med_cpu = {k: round(statistics.median(v), 4) for k, v in cpu.items() if v}
   return {"clips": len(syn), "references": len(refs),
           "median_clip_seconds": round(statistics.median(seconds), 2),
-          "median_s": med, "first_s": {k: round(v, 3) for k, v in first.items()},
+          "median_s": med, "median_cpu_s": med_cpu,
+          "first_s": {k: round(v, 3) for k, v in first.items()},
           "total_s": {k: round(sum(v), 2) for k, v in times.items()}}
 
 
