@@ -93,6 +93,23 @@ def _batch(rng, b=3, l=9, t=24, m=20):
       speaker_ids=jnp.asarray([0, 2, 1], jnp.int32), seeds=None)
 
 
+def _pooled_ce_and_l2(mel_after, batch, head, params):
+  """By hand in float64: the speaker cross-entropy of a linear softmax
+  classifier on the mel averaged over valid frames, and the params' L2."""
+  mask = np.asarray(layers.length_mask(batch.mel_lengths,
+                                       mel_after.shape[1]), np.float64)
+  mel = np.asarray(mel_after, np.float64)
+  pooled = (mel * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  logits = pooled @ np.asarray(head["kernel"], np.float64) + np.asarray(
+      head["bias"], np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ids = np.asarray(batch.speaker_ids)
+  ce = -np.mean(logp[np.arange(len(ids)), ids])
+  l2 = sum(float(np.sum(np.square(np.asarray(x, np.float64))))
+           for x in jax.tree_util.tree_leaves(params))
+  return ce, l2
+
+
 def test_multitask_loss_matches_hand_computation():
   ctx, params = _context()
   setup = methods.get("multitask").setup(ctx, params)
@@ -108,17 +125,7 @@ def test_multitask_loss_matches_hand_computation():
   # frames, a linear softmax classifier, the L2 of the Tacotron's params.
   model = functional.merge(ctx.graphdef, params, ctx.rest)
   mel_loss, _ = model.loss(batch)
-  out = model(batch)
-  mask = np.asarray(layers.length_mask(batch.mel_lengths,
-                                       out.mel_after.shape[1]), np.float64)
-  mel = np.asarray(out.mel_after, np.float64)
-  pooled = (mel * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-  logits = pooled @ np.asarray(head["kernel"], np.float64) + np.asarray(
-      head["bias"], np.float64)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  ce = -np.mean(logp[np.arange(3), np.asarray(batch.speaker_ids)])
-  l2 = sum(float(np.sum(np.square(np.asarray(x, np.float64))))
-           for x in jax.tree_util.tree_leaves(params))
+  ce, l2 = _pooled_ce_and_l2(model(batch).mel_after, batch, head, params)
   want = float(mel_loss) + 0.3 * ce + 1e-3 * l2
   np.testing.assert_allclose(float(loss), want, rtol=2e-5)
   np.testing.assert_allclose(float(aux["speaker_ce"]), ce, rtol=2e-5)
@@ -151,15 +158,7 @@ def test_multitask_pools_the_duration_models_teacher_forced_mel():
   assert "mel_after" not in aux and "speaker_ce" in aux
   model = functional.merge(graphdef, params, rest)
   mel_loss, maux = model.loss(batch)
-  mask = np.asarray(layers.length_mask(batch.mel_lengths, 24), np.float64)
-  mel = np.asarray(maux["mel_after"], np.float64)
-  pooled = (mel * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-  logits = pooled @ np.asarray(head["kernel"], np.float64) + np.asarray(
-      head["bias"], np.float64)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  ce = -np.mean(logp[np.arange(3), np.asarray(batch.speaker_ids)])
-  l2 = sum(float(np.sum(np.square(np.asarray(x, np.float64))))
-           for x in jax.tree_util.tree_leaves(params))
+  ce, l2 = _pooled_ce_and_l2(maux["mel_after"], batch, head, params)
   np.testing.assert_allclose(float(aux["speaker_ce"]), ce, rtol=2e-5)
   np.testing.assert_allclose(float(loss),
                              float(mel_loss) + 0.3 * ce + 1e-3 * l2,

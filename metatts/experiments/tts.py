@@ -208,11 +208,13 @@ def train_methods(config, ctx: base.Context, names: List[str],
   workers = int(config.train.get("workers", 1))
   trains = [n for n in names if methods_lib.get(n).trains]
   out: Dict[str, dict] = {}
+
+  def here(n):
+    return {k: v for k, v in methods_lib.get(n).train(ctx).items()
+            if k in _RESULT_KEYS}
+
   if workers <= 1 or len(trains) <= 1:
-    for n in names:
-      out[n] = {k: v for k, v in methods_lib.get(n).train(ctx).items()
-                if k in _RESULT_KEYS}
-    return out
+    return {n: here(n) for n in names}
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   src = config.train.init_from
   later = [n for n in trains if src in trains and n != src
@@ -234,9 +236,8 @@ def train_methods(config, ctx: base.Context, names: List[str],
              f"{out[n]['seconds'] / 60:.1f} min.")
   for n in names:  # the methods that do not train, in this process
     if n not in out:
-      out[n] = {k: v for k, v in methods_lib.get(n).train(ctx).items()
-                if k in _RESULT_KEYS}
-  return out
+      out[n] = here(n)
+  return {n: out[n] for n in names}
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
