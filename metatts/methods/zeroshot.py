@@ -197,11 +197,11 @@ def load_zeroshot(directory: str):
         + fix) from e
   egraphdef, abstract, erest = functional.split(nnx.eval_shape(
       lambda: speaker_encoder.SpeakerEncoder(ecfg, rngs=nnx.Rngs(0))))
+  export.quiet_closed_loop_reports()  # before the restore, see its docstring
   ckptr = ocp.StandardCheckpointer()
   try:
     eparams = ckptr.restore(enc_dir, abstract)
   except Exception as e:  # Orbax raises many types for damaged files.
-    export.quiet_closed_loop_reports()
     raise export.ExportError(
         f"The speaker encoder in {enc_dir} cannot be restored "
         f"({type(e).__name__}: {export.short_reason(e)}). " + fix) from e
