@@ -19,8 +19,8 @@ persistent XLA cache shared by the module and
 ``--xla_backend_optimization_level=0``. Measured on the shared 2-core CPU
 (load ~5): the value tests 9 s; vctk 81 s, libritts 20 s, base-tiny 169 s
 (five methods that nothing else compiles, 15-39 s each); 280 s in all. The
-``base.py`` run is in ``test_config_base_tiny.py``, its own file so that
-pytest-xdist (``--dist loadfile``) runs it beside this one.
+``base.py`` run (``build_case("base-tiny")``) is the in-process fixture of
+``test_tts_duration.py``, which shares it with the duration model's tests.
 """
 
 import copy

@@ -175,7 +175,7 @@ def evaluation_clips(config, data: Data):
 
 
 _RESULT_KEYS = ("steps", "seconds", "cpu_seconds", "clip_passes", "export",
-                "resumed_from", "num_skipped", "final")
+                "initialized_from", "resumed_from", "num_skipped", "final")
 
 
 def _train_worker(config_json: str, workdir: str, name: str) -> dict:
@@ -203,7 +203,7 @@ def train_methods(config, ctx: base.Context, names: List[str],
 
   Returns:
     ``{name: {"steps", "seconds", "cpu_seconds", "clip_passes", "export",
-    "resumed_from", "num_skipped", "final"}}``.
+    "initialized_from", "resumed_from", "num_skipped", "final"}}``.
   """
   workers = int(config.train.get("workers", 1))
   trains = [n for n in names if methods_lib.get(n).trains]
@@ -336,8 +336,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "budget": {"unit": "clip forward/backward passes",
                  **{m: r["clip_passes"] for m, r in trained.items()}},
       "training": {m: {k: r[k] for k in ("steps", "seconds", "cpu_seconds",
-                                         "num_skipped", "resumed_from",
-                                         "final", "export")}
+                                         "num_skipped", "initialized_from",
+                                         "resumed_from", "final", "export")}
                    for m, r in trained.items()},
       "vocoder": vocoder,
       "workdir": workdir,

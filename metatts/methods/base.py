@@ -291,10 +291,15 @@ class Method:
 
   def initial_params(self, ctx: Context):
     """Random init, or ``config.train.init_from`` when ``uses_init_from``."""
+    return self._initial(ctx)[0]
+
+  def _initial(self, ctx: Context):
+    """``(params, source)``: the starting parameters and, when they come
+    from an export, ``{"export", "method", "step"}`` (else ``None``)."""
     t = ctx.config.train
     src = t.init_from
     if not src or not self.uses_init_from:
-      return ctx.params0
+      return ctx.params0, None
     from metatts.training import export  # pylint: disable=g-import-not-at-top
     split = init_source(t)
     if split is not None:
@@ -303,9 +308,11 @@ class Method:
       path = src if os.path.sep in src or os.path.isdir(src) else (
           os.path.join(ctx.workdir, src))
     _, params, info, _ = export.load_exported(path)
+    step = split[1] if split else info.get("train_steps")
     say(f"[{self.name}] initialized from {info['directory']} "
         f"({info['method']}" + (f", step {split[1]}" if split else "") + ").")
-    return jax.tree.map(jnp.asarray, params)
+    return jax.tree.map(jnp.asarray, params), {
+        "export": info["directory"], "method": info["method"], "step": step}
 
   # ---- training -----------------------------------------------------------
 
@@ -365,7 +372,9 @@ class Method:
 
     Returns:
       ``{"params", "extra", "seconds", "cpu_seconds", "clip_passes",
-      "steps", "export", "resumed_from", "num_skipped", "final"}``.
+      "steps", "export", "initialized_from", "resumed_from", "num_skipped",
+      "final"}``; ``initialized_from`` is ``{"export", "method", "step"}``
+      of the export it started from, or ``None`` for a random start.
     """
     from metatts.training import loop  # pylint: disable=g-import-not-at-top
     t = ctx.config.train
@@ -378,9 +387,10 @@ class Method:
       return {"params": params, "extra": None, "steps": 0, "export": exp,
               "seconds": time.perf_counter() - start,
               "cpu_seconds": time.process_time() - cpu0, "clip_passes": 0,
-              "resumed_from": None, "num_skipped": 0, "final": {}}
+              "initialized_from": None, "resumed_from": None, "num_skipped": 0, "final": {}}
     learner = self.learner(t, t.filter)
-    setup = self.setup(ctx, self.initial_params(ctx))
+    params0, source = self._initial(ctx)
+    setup = self.setup(ctx, params0)
     factory = ctx.task_factory(ctx.slot if self.slot_tasks else None)
     num_steps = self.steps_for_budget(t)
     say(f"[{self.name}] training {num_steps} steps ({self.learner_name}, "
@@ -418,7 +428,7 @@ class Method:
     return {"params": params, "extra": extra, "seconds": seconds,
             "cpu_seconds": time.process_time() - cpu0,
             "clip_passes": self.clip_passes(t, num_steps),
-            "steps": num_steps, "export": exp,
+            "steps": num_steps, "export": exp, "initialized_from": source,
             "resumed_from": result.resumed_from,
             "num_skipped": int(result.meta_state.num_skipped),
             "final": {k: v for k, v in result.metrics.items()
