@@ -67,6 +67,12 @@ def test_step_ratio_by_hand():
   never = curves.step_ratio(_table(), "meta-maml", "scratch", 5)
   assert never.baseline_steps is None and never.ratio is None
   assert "within 100 steps" in never.describe()
+  # A baseline already there without adaptation is said in plain words.
+  ahead = _table()
+  ahead["transfer"][5][0]["secs"] = {"a": 0.9, "b": 0.9}
+  r = curves.step_ratio(ahead, "meta-maml", "transfer", 5)
+  assert r.baseline_steps == 0 and "already at or above" in r.describe()
+  assert "0.0x" not in r.describe() and "needs" not in r.describe()
   assert len(curves.all_step_ratios(_table())) == 2
   with pytest.raises(ValueError, match="steps_5"):
     curves.step_ratio(_table(), "meta-maml", "transfer", 1)

@@ -141,6 +141,11 @@ class StepRatio(NamedTuple):
       return (f"{self.baseline} does not reach {self.meta_method}'s "
               f"{self.meta_steps}-step {self.metric} ({self.target:.3f}) "
               f"within {self.max_steps} steps ({self.shots} shots)")
+    if self.baseline_steps <= 0:
+      return (f"{self.baseline} is already at or above {self.meta_method}'s "
+              f"{self.meta_steps}-step {self.metric} ({self.target:.3f}) "
+              f"without adaptation ({self.shots} shots): meta-learning saves "
+              "no steps here")
     return (f"{self.baseline} needs {self.baseline_steps:.1f} steps to reach "
             f"{self.meta_method}'s {self.meta_steps}-step {self.metric} "
             f"({self.target:.3f}): {self.ratio:.1f}x as many "
