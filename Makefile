@@ -13,11 +13,8 @@ DEB_PACKAGES := flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt
 DEB_STAMP := $(VENV)/.metatts-debian
 # Two pytest-xdist workers, one test file each at a time (module fixtures stay
 # shared): compilation is mostly single-threaded, so one process leaves a core
-# idle. Files are handed out in collection order, longest first
-# (tests/conftest.py); xdist's default reorder (most tests first) left the
-# longest file, which has two tests, to run alone at the end.
-# PYTEST_ARGS= runs everything in one process.
-PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
+# idle. PYTEST_ARGS= runs everything in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: test quickstart install system-deps clean
 

@@ -50,9 +50,9 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
 
 # The longest test files, longest first (seconds of setup + calls on the idle
 # 2-core CPU, docs/benchmarks.md "The test suite"). pytest-xdist's
-# ``--dist loadfile --no-loadscope-reorder`` (the Makefile's) hands out files
-# in collection order, so starting with these keeps a long file from running
-# alone at the end while the other worker has nothing left to do.
+# ``--dist loadfile`` hands out files in collection order, so starting with
+# these keeps a long file from running alone at the end while the other
+# worker has nothing left to do.
 _LONGEST_FIRST = (
     "test_tts_duration.py", "test_tts_experiment.py", "test_configs.py",
     "test_long_runs.py", "test_tts_zeroshot.py", "test_aligner_timings.py",
