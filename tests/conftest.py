@@ -47,21 +47,3 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
   if _OWNED and not hasattr(session.config, "workerinput"):
     shutil.rmtree(_OWNED, ignore_errors=True)
 
-
-# The longest test files, longest first (seconds of setup + calls on the idle
-# 2-core CPU, docs/benchmarks.md "The test suite"). pytest-xdist's
-# ``--dist loadfile`` hands out files in collection order, so starting with
-# these keeps a long file from running alone at the end while the other
-# worker has nothing left to do.
-_LONGEST_FIRST = (
-    "test_tts_duration.py", "test_tts_experiment.py", "test_configs.py",
-    "test_long_runs.py", "test_tts_zeroshot.py", "test_aligner_timings.py",
-    "test_duration_tacotron.py", "test_evaluation_parallel.py",
-    "test_methods.py", "test_cli_speed.py", "test_api.py",
-    "test_api_zeroshot.py")
-
-
-def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument
-  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(
-      os.path.basename(str(item.fspath)), len(rank)))  # stable: rest in order
