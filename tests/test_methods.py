@@ -230,6 +230,27 @@ def test_meta_outer_lr_sets_only_the_meta_learners_outer_adam():
     return np.abs(np.asarray(new.params["w"]) - 1.0)
 
   np.testing.assert_allclose(moved("fomaml", 1e-4), 1e-4, rtol=1e-3)
+  # Reptile: epsilon * (theta - phi) by default; through Adam (the first
+  # step moves every entry by the rate) with reptile_outer="adam".
+  t = ml_collections.ConfigDict({
+      "inner_lr": 0.01, "outer_lr": 1e-3, "meta_outer_lr": 1e-4,
+      "inner_steps": {"reptile": 2}, "reptile_epsilon": 0.5,
+      "reptile_outer": "adam"})
+  learner = base.learner_for("reptile", t, "all")
+  new, _ = learner.step(learner.init(params), tasks, loss)
+  np.testing.assert_allclose(np.abs(np.asarray(new.params["w"]) - 1.0), 1e-4,
+                             rtol=1e-3)
+  t.reptile_outer = "sgd"
+  learner = base.learner_for("reptile", t, "all")
+  new, _ = learner.step(learner.init(params), tasks, loss)
+  phis = []
+  for xb, yb in zip(x, y):  # each task's 2 inner SGD steps, by hand
+    phi = params["w"].astype(np.float64)
+    for _ in range(2):
+      phi = phi - 0.01 * 2 * xb.T @ (xb @ phi - yb) / yb.size
+    phis.append(phi)
+  np.testing.assert_allclose(np.asarray(new.params["w"]),
+                             1.0 + 0.5 * (np.mean(phis, 0) - 1.0), rtol=1e-5)
   np.testing.assert_allclose(moved("maml", 1e-4), 1e-4, rtol=1e-3)
   np.testing.assert_allclose(moved("fomaml", 0.0), 1e-3, rtol=1e-3)
   np.testing.assert_allclose(moved("pretrain", 1e-4), 1e-3, rtol=1e-3)

@@ -78,6 +78,12 @@ def get_config(arg: str = "study"):
   c.train.inner_steps.maml = 5
   c.train.inner_steps.fomaml = 5
   c.train.inner_steps.reptile = 3
+  # Reptile's outer step through Adam at meta_outer_lr, like the MAML family:
+  # with SGD at epsilon 0.5, the parameters outside the filter got their raw
+  # query gradient at rate 0.5 and the run diverged (44 of its first 50
+  # meta-steps skipped for NaN/Inf, support loss 2e14; docs/results/
+  # adaptation.md).
+  c.train.reptile_outer = "adam"
   c.adapt.shots = (1, 5)
   c.adapt.steps = (0, 5, 10, 20, 50, 100)
   c.adapt.max_speakers = 12

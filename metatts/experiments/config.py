@@ -66,6 +66,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.inner_steps = ml_collections.ConfigDict(
       {"maml": 1, "fomaml": 1, "metasgd": 1, "reptile": 3, "imaml": 3})
   c.train.reptile_epsilon = 0.5
+  # Reptile's outer update: "sgd" is theta <- theta + epsilon * mean(phi -
+  # theta); "adam" feeds the pseudo-gradient theta - mean(phi) to Adam at
+  # meta_outer_lr (or outer_lr), like the MAML family. With a filter, the
+  # parameters the inner loop leaves alone get their raw query gradient
+  # through the same optimizer, so "sgd" makes epsilon their learning rate.
+  c.train.reptile_outer = "sgd"
   c.train.imaml_lam = 1.0
   c.train.imaml_cg_steps = 3
   c.train.multitask_weight = 0.1

@@ -360,6 +360,10 @@ def _metric_names():
   return ["secs", "eer", "mcd", "wer", "f0", "dnsmos"]
 
 
+def _reptile_outers():
+  return ("sgd", "adam")
+
+
 def _speaker_encoder_sizes():
   from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
   return list(speaker_encoder._SIZES)  # pylint: disable=protected-access
@@ -460,6 +464,7 @@ def tts_rules() -> Dict[str, Any]:
       "train.inner_steps": Mapping_(_check_inner_steps,
                                     "e.g. {'fomaml': 1, 'reptile': 3}"),
       "train.reptile_epsilon": Float(0.0, hi=1.0),
+      "train.reptile_outer": Str(_reptile_outers),
       "train.imaml_lam": Float(0.0),
       "train.imaml_cg_steps": Int(1),
       "train.multitask_weight": Float(0.0, open_lo=False),

@@ -144,6 +144,13 @@ def learner_for(learner_name: str, t, filter_name: str):
   # e.g. a smaller rate for meta-training started from a pre-trained export.
   outer_lr = float(t.get("meta_outer_lr", 0.0) or t.outer_lr)
   if learner_name == "reptile":
+    # "sgd": the interpolation theta + epsilon * (phi - theta). "adam": the
+    # pseudo-gradient through Adam, as for the MAML family (Nichol et al.
+    # 2018 note either works); the filter's frozen parameters get their raw
+    # query gradient through the same optimizer, so with a filter "sgd"
+    # makes epsilon their learning rate (0.5 diverged in the base study).
+    if str(t.get("reptile_outer", "sgd")) == "adam":
+      return meta.reptile(outer_optimizer=optax.adam(outer_lr), **kw)
     return meta.reptile(outer_optimizer=optax.sgd(float(t.reptile_epsilon)),
                         **kw)
   if learner_name == "imaml":
