@@ -5,7 +5,8 @@ Tacotron from transfer's step-2000 export on its corpus (``synth-base``,
 built and cached by the study), N=2 tasks of K=Q=4 clips, 80 tokens x 256
 frames, the ``speaker+decoder`` filter and 5 inner SGD steps of lr 0.01.
 This builds exactly that step for each ``LEARNER:LOOP`` argument
-(``LEARNER``: ``maml``, ``fomaml``, ``reptile``; ``LOOP``: ``rolled`` or
+(``LEARNER``: ``maml``, ``fomaml``, ``reptile``, optionally ``@STEPS`` for
+another number of inner steps than the study's; ``LOOP``: ``rolled`` or
 ``unrolled``, ``metatts.meta.inner.resolve_unroll``), runs it on the study's
 first task batches and prints the first call (compile + run) and the
 following calls' seconds, one XLA thread (the study's training workers run
@@ -56,7 +57,8 @@ def main(argv):
   batches = [next(tasks) for _ in range(3)]
   pred = functional.filter_for(c.train.filter)
   for name, how in cases:
-    steps = int(c.train.inner_steps.get(name, 1))
+    name, _, at = name.partition("@")  # maml@1: 1 inner step
+    steps = int(at) if at else int(c.train.inner_steps.get(name, 1))
     kw = dict(inner_lr=float(c.train.inner_lr), num_inner_steps=steps,
               filter=pred, unroll=how == "unrolled")
     if name == "reptile":
