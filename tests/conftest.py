@@ -46,4 +46,3 @@ if _SETTING != "off":
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
   if _OWNED and not hasattr(session.config, "workerinput"):
     shutil.rmtree(_OWNED, ignore_errors=True)
-
