@@ -67,13 +67,13 @@ def _parse_flags(argv):
       detail = detail.args[0]
     detail = str(detail.args[0] if detail.args else detail).replace("\n", " ")
     sys.stderr.write(
-        f"Error: {' '.join(bad) or 'a --config.KEY override'} names a key that "
+        f"error: {' '.join(bad) or 'a --config.KEY override'} names a key that "
         f"the config does not have ({detail}). The config is "
         f"locked; valid keys are: {_config_keys(argv)}. Fix the spelling or "
         "add the key to the config's get_config().\n")
     sys.exit(2)
   except flags.Error as e:
-    sys.stderr.write(f"Error: {e}\nPass --helpshort to see the flags.\n")
+    sys.stderr.write(f"error: {e}\nPass --helpshort to see the flags.\n")
     sys.exit(1)
 
 
@@ -89,7 +89,7 @@ def main(argv):
   except experiments.ConfigError as e:
     # Checked before anything is written to the workdir: one line per bad
     # key, naming the value and the fix.
-    sys.stderr.write("".join(f"Error: {line}\n" for line in e.problems))
+    sys.stderr.write("".join(f"error: {line}\n" for line in e.problems))
     sys.exit(2)
   print(json.dumps(result, indent=1))
   print(f"\nDone. Results: {result.get('results_path', workdir)}")

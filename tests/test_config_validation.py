@@ -367,7 +367,7 @@ def test_launcher_prints_one_line_and_exits_2(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.splitlines() == [
-      "Error: config.train.num_steps=-5: must be an integer >= 1; set "
+      "error: config.train.num_steps=-5: must be an integer >= 1; set "
       "--config.train.num_steps to a positive number."], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not workdir.exists()  # no results, no config.json, no folder
