@@ -16,7 +16,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, NamedTuple, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -89,6 +89,15 @@ def equal_error_rate(target_scores, nontarget_scores) -> EERResult:
   hi = th[i] if np.isfinite(th[i]) else th[i - 1]
   thr = th[i - 1] + t * (hi - th[i - 1])
   return EERResult(float(eer), float(thr))
+
+
+def pooled_eer(clip_rows) -> Optional[float]:
+  """EER over the trials of judged clip rows: each row's ``secs`` is a target
+  score and its ``nontarget`` list the non-target ones; ``None`` without
+  both."""
+  tar = [r["secs"] for r in clip_rows if r.get("secs") is not None]
+  non = [s for r in clip_rows for s in r.get("nontarget", [])]
+  return equal_error_rate(tar, non).eer if tar and non else None
 
 
 def build_trials(probes: Mapping[str, np.ndarray],

@@ -218,10 +218,7 @@ def _cell(rows: List[dict], metrics: Sequence[str], speakers=None) -> dict:
       ci[k] = _nan_to_none(mc.half_width)
   if "eer" in metrics:
     from metatts.evaluation import eer  # pylint: disable=g-import-not-at-top
-    tar = [r["secs"] for r in ok if "secs" in r]
-    non = [s for r in ok for s in r.get("nontarget", [])]
-    cell["eer"] = (eer.equal_error_rate(tar, non).eer if tar and non
-                   else None)
+    cell["eer"] = eer.pooled_eer(ok)
   cell["n"] = len({r["speaker"] for r in ok})
   cell["n_clips"] = len(ok)
   cell["n_failed"] = len(rows) - len(ok)

@@ -55,23 +55,21 @@ def load_rows(workdir: str) -> List[dict]:
     return [r for r in json.load(f) if "error" not in r]
 
 
+def _cell_rows(rows, method, shots, steps):
+  return [r for r in rows if r["method"] == method
+          and int(r["shots"]) == shots and int(r["steps"]) == steps]
+
+
 def _per_speaker(rows, method, shots, steps, metric) -> Dict[str, float]:
-  sel = [r for r in rows if r["method"] == method and int(r["shots"]) == shots
-         and int(r["steps"]) == steps]
-  table = curves.table_from_clips(sel, [metric])
+  table = curves.table_from_clips(_cell_rows(rows, method, shots, steps),
+                                  [metric])
   return table.get(method, {}).get(shots, {}).get(steps, {}).get(metric, {})
 
 
 def _eer(rows) -> float:
   from metatts.evaluation import eer  # pylint: disable=g-import-not-at-top
-  tar = [r["secs"] for r in rows if r.get("secs") is not None]
-  non = [s for r in rows for s in r.get("nontarget", [])]
-  return eer.equal_error_rate(tar, non).eer if tar and non else float("nan")
-
-
-def _cell_rows(rows, method, shots, steps):
-  return [r for r in rows if r["method"] == method
-          and int(r["shots"]) == shots and int(r["steps"]) == steps]
+  value = eer.pooled_eer(rows)
+  return float("nan") if value is None else value
 
 
 class Paired(dict):
