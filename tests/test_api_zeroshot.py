@@ -290,7 +290,12 @@ def test_damaged_or_missing_speaker_encoder_is_one_line(export, tmp_path,
                    "--out", str(tmp_path / "voice"), "--steps", "1"])
   err = capsys.readouterr().err
   assert code == 2, err
-  assert err == f"error: {message}\n", err
+  # Which parameter Orbax reads first (and so names) varies between runs, so
+  # the CLI's line is compared by its shape, not character for character.
+  head = message.split(" (", 1)[0]
+  tail = message.rsplit(")", 1)[1]
+  assert err.startswith(f"error: {head} ("), err
+  assert err.endswith(f"){tail}\n") and err.count("\n") == 1, err
   assert not os.path.exists(tmp_path / "voice")
   # A missing encoder folder: the export is partial.
   shutil.rmtree(enc_dir)
