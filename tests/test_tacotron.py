@@ -534,3 +534,50 @@ def test_conv1d_causal_and_same_padding():
   np.testing.assert_array_equal(changed, [5, 6, 7, 8, 9])
   with pytest.raises(ValueError, match="'same', 'causal'"):
     layers.Conv1D(2, 3, 4, padding="valid", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("k,dilation,padding", [(1, 1, "same"), (4, 1, "same"),
+                                                (5, 1, "same"),
+                                                (2, 4, "causal"),
+                                                (3, 2, "causal")])
+def test_conv1d_matmul_form_equals_a_direct_convolution(k, dilation, padding):
+  """Conv1D is written as one matmul over shifted copies of its input; it
+  equals a direct numpy sum over taps and ``lax.conv_general_dilated`` (what
+  ``nnx.Conv`` runs), and so do its first and second derivatives."""
+  from metatts.models import layers
+  conv = layers.Conv1D(3, 4, k, padding=padding, dilation=dilation,
+                       rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 9, 3)).astype(np.float32)
+  kernel = np.asarray(conv.conv.kernel[...])
+  bias = np.asarray(conv.conv.bias[...])
+  total = (k - 1) * dilation
+  left = total // 2 if padding == "same" else total
+  padded = np.pad(x, ((0, 0), (left, total - left), (0, 0)))
+  direct = bias + sum(padded[:, i * dilation:i * dilation + 9] @ kernel[i]
+                      for i in range(k))
+  np.testing.assert_allclose(np.asarray(conv(x)), direct, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(conv(x)), np.asarray(conv.conv(x)),
+                             atol=1e-5)
+
+  def loss(kern, apply):  # a second-order quantity, as MAML differentiates
+    def inner(kk):
+      return jnp.sum(jnp.tanh(apply(kk, x)) ** 2)
+    return jnp.sum(jax.grad(inner)(kern) ** 2)
+
+  graphdef, params, rest = functional.split(conv)
+
+  def ours(kk, xx):
+    new = {"conv": dict(params["conv"], kernel=kk)}
+    return functional.merge(graphdef, new, rest)(xx)
+
+  def lax_conv(kk, xx):
+    return jax.lax.conv_general_dilated(
+        xx, kk, (1,), [(left, total - left)], rhs_dilation=(dilation,),
+        dimension_numbers=("NWC", "WIO", "NWC")) + bias
+
+  kern = jnp.asarray(kernel)
+  g_ours = jax.grad(lambda kk: loss(kk, ours))(kern)
+  g_ref = jax.grad(lambda kk: loss(kk, lax_conv))(kern)
+  np.testing.assert_allclose(np.asarray(g_ours), np.asarray(g_ref),
+                             rtol=1e-4, atol=1e-5)

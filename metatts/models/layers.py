@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes as nnx_dtypes
 
 Array = jax.Array
 Dtype = jnp.dtype
@@ -247,7 +248,33 @@ class Conv1D(nnx.Module):
       [B, T, C_out] (outputs at padded frames are NOT zeroed; mask them
       yourself if they feed a later layer).
     """
-    return self.conv(apply_mask(x, mask))
+    # The convolution is written as one matmul over the k shifted copies of
+    # the input (the parameters are still ``nnx.Conv``'s, so exports and
+    # checkpoints are unchanged). XLA's CPU backend lowers the convolutions
+    # that second-order MAML differentiates twice under the task vmap
+    # (``feature_group_count`` = tasks, a window as long as the clip) to about
+    # 1 s each: 22 s of the base study's 22 s meta-step (docs/benchmarks.md,
+    # "The base study's meta-steps"). Matmuls, pads and slices do not have
+    # that problem and are as fast in the forward pass.
+    x = apply_mask(x, mask)
+    conv = self.conv
+    bias = conv.bias[...] if conv.bias is not None else None
+    x, kernel, bias = nnx_dtypes.promote_dtype(
+        (x, conv.kernel[...], bias), dtype=conv.dtype)
+    (left, right), = conv.padding
+    length = x.shape[-2]
+    if self.kernel_size == 1:
+      taps = x
+    else:
+      widths = [(0, 0)] * (x.ndim - 2) + [(left, right), (0, 0)]
+      padded = jnp.pad(x, widths)
+      taps = jnp.concatenate(
+          [jax.lax.slice_in_dim(padded, i * self.dilation,
+                                i * self.dilation + length, axis=x.ndim - 2)
+           for i in range(self.kernel_size)], axis=-1)
+    k, c_in, c_out = kernel.shape
+    y = jnp.dot(taps, kernel.reshape(k * c_in, c_out))
+    return y if bias is None else y + bias
 
 
 class ConvNormBlock(nnx.Module):
