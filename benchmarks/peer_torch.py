@@ -41,6 +41,7 @@ Results: docs/benchmarks.md, "metatts against PyTorch".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -245,18 +246,10 @@ def torch_meta_grads_func(loss, algorithm, steps):
     per_task = tfunc.vmap(task, in_dims=(None, 0, 0, 0, 0))
 
   def meta_grads(params, sx, sy, qx, qy):
-    with torch.no_grad() if algorithm != "maml" else _null():
+    with torch.no_grad() if algorithm != "maml" else contextlib.nullcontext():
       out = per_task(tuple(p.detach() for p in params), sx, sy, qx, qy)
     return [g.mean(0) for g in out]
   return meta_grads
-
-
-class _null:  # a no-op context manager
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
 
 
 def torch_system(loss, algorithm, steps, variant):

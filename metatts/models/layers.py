@@ -253,9 +253,8 @@ class Conv1D(nnx.Module):
     # checkpoints are unchanged). XLA's CPU backend lowers the convolutions
     # that second-order MAML differentiates twice under the task vmap
     # (``feature_group_count`` = tasks, a window as long as the clip) to about
-    # 1 s each: 22 s of the base study's 22 s meta-step (docs/benchmarks.md,
-    # "The base study's meta-steps"). Matmuls, pads and slices do not have
-    # that problem and are as fast in the forward pass.
+    # 1 s each; with this form the base study's MAML meta-step went from 22 s
+    # to 2 s (docs/benchmarks.md, "Found and fixed (session 6)").
     x = apply_mask(x, mask)
     conv = self.conv
     bias = conv.bias[...] if conv.bias is not None else None
