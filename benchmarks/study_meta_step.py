@@ -4,10 +4,11 @@ The base study (``experiments/configs/base.py``) meta-trains the duration
 Tacotron from transfer's step-2000 export on its corpus (``synth-base``,
 built and cached by the study), N=2 tasks of K=Q=4 clips, 80 tokens x 256
 frames, the ``speaker+decoder`` filter and 5 inner SGD steps of lr 0.01.
-This builds exactly that step for each ``LEARNER:LOOP`` argument
+This builds exactly that step for each ``LEARNER:LOOP[:TASKS]`` argument
 (``LEARNER``: ``maml``, ``fomaml``, ``reptile``, optionally ``@STEPS`` for
 another number of inner steps than the study's; ``LOOP``: ``rolled`` or
-``unrolled``, ``metatts.meta.inner.resolve_unroll``), runs it on the study's
+``unrolled``, ``metatts.meta.inner.resolve_unroll``; ``TASKS``: ``vmap``,
+the default, or ``map``, ``metatts.meta.base.task_mean``), runs it on the study's
 first task batches and prints the first call (compile + run) and the
 following calls' seconds, one XLA thread (the study's training workers run
 that way). Speed does not depend on the weights, so the model is the
@@ -54,13 +55,14 @@ def main(argv):
   ctx = tts.context(c, data, os.path.join("/tmp", "study_meta_step"))
   loss_fn = functional.make_loss_fn(ctx.graphdef, ctx.rest)
   tasks = data_lib.task_factory(data, c, 0)(loop._data_key(int(c.seed)), 0)  # pylint: disable=protected-access
-  batches = [next(tasks) for _ in range(3)]
+  batches = [next(tasks) for _ in range(4)]
   pred = functional.filter_for(c.train.filter)
-  for name, how in cases:
+  for case in cases:
+    name, how, task_map = (case + ["vmap"])[:3]
     name, _, at = name.partition("@")  # maml@1: 1 inner step
     steps = int(at) if at else int(c.train.inner_steps.get(name, 1))
     kw = dict(inner_lr=float(c.train.inner_lr), num_inner_steps=steps,
-              filter=pred, unroll=how == "unrolled")
+              filter=pred, unroll=how == "unrolled", task_map=task_map)
     if name == "reptile":
       learner = meta.reptile(outer_optimizer=optax.adam(3e-4), **kw)
     else:
@@ -78,7 +80,7 @@ def main(argv):
       state, metrics = step(state, b)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - tick)
-    print(f"{name} ({steps} inner steps, {how}): first call {first:.1f} s, "
+    print(f"{name} ({steps} inner steps, {how}, tasks {task_map}): first call {first:.1f} s, "
           f"then {', '.join(f'{t:.2f}' for t in times)} s per meta-step",
           flush=True)
 

@@ -139,6 +139,8 @@ TTS_BAD = [
      "a number > 0 and <= 1"),
     ("train.reptile_outer", "rmsprop", "must be one of ['sgd', 'adam']",
      "one of them"),
+    ("train.task_map", "scan", "must be one of ['vmap', 'map']",
+     "one of them"),
     ("train.init_from_fraction", 1.0, "must be a number >= 0 and < 1",
      "a number >= 0 and < 1"),
     ("adapt.steps", (0, -5), "integers from 0 to 10000", "'(0,5,20,100)'"),

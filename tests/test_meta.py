@@ -453,3 +453,40 @@ def test_conjugate_gradient_stops_at_negative_curvature():
   # First direction b has curvature bᵀAb = 1 > 0: one step x = (bᵀb / bᵀAb)·b = 2b.
   # The next direction has negative curvature, so CG stops there.
   np.testing.assert_allclose(np.asarray(x[0]), [2.0, 2.0], atol=1e-6)
+
+
+# ---------------------------------------------------------------- task layout
+
+
+@pytest.mark.parametrize("task_map", ["map", 1, 3])
+def test_task_map_gives_the_vmap_step_for_every_learner(task_map):
+  """``task_map`` changes how the tasks are laid out (a loop, chunks of k
+  with a remainder: 4 tasks in chunks of 3), not what the step computes."""
+  tasks, params = make_tasks(), init_params()
+  # Second-order MAML against its closed form, whatever the layout.
+  grad, _ = meta_gradient(meta.maml(0.1, optax.sgd(1.0), 3, task_map=task_map),
+                          params, tasks)
+  assert_tree_close(grad, np_maml_grad(params, tasks, 0.1, 3, False))
+  only_w = lambda path, _: path[0] == "w"  # noqa: E731
+  learners = {
+      "fomaml": lambda **k: meta.fomaml(0.1, optax.sgd(1.0), 2, **k),
+      "metasgd": lambda **k: meta.metasgd(0.1, optax.sgd(1.0), 2, **k),
+      "reptile": lambda **k: meta.reptile(0.1, optax.sgd(0.5), 3,
+                                          filter=only_w, **k),
+      "imaml": lambda **k: meta.imaml(0.1, optax.sgd(1.0), 4, filter=only_w,
+                                      **k),
+      "pretrain": lambda **k: meta.pretrain(optax.sgd(1.0), **k),
+  }
+  for name, make in learners.items():
+    want, want_m = meta_gradient(make(), params, tasks)
+    got, got_m = meta_gradient(make(task_map=task_map), params, tasks)
+    assert_tree_close(got, want, rtol=1e-5, atol=1e-6)
+    for k in want_m:
+      np.testing.assert_allclose(got_m[k], want_m[k], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{name} {k}")
+
+
+@pytest.mark.parametrize("bad", ["scan", 0, -2, 1.5, True])
+def test_unknown_task_map_names_the_choices(bad):
+  with pytest.raises(ValueError, match="task_map=.*'map'"):
+    meta.maml(0.1, task_map=bad)

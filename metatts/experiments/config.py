@@ -72,6 +72,10 @@ def default_config() -> ml_collections.ConfigDict:
   # parameters the inner loop leaves alone get their raw query gradient
   # through the same optimizer, so "sgd" makes epsilon their learning rate.
   c.train.reptile_outer = "sgd"
+  # How the tasks of a meta-batch are laid out in the compiled step: "vmap"
+  # (one batch) or "map" (one after the other; same numbers up to rounding).
+  # See docs/benchmarks.md, "Tasks in a loop or in a batch".
+  c.train.task_map = "vmap"
   c.train.imaml_lam = 1.0
   c.train.imaml_cg_steps = 3
   c.train.multitask_weight = 0.1

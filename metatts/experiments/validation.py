@@ -364,6 +364,10 @@ def _reptile_outers():
   return ("sgd", "adam")
 
 
+def _task_maps():
+  return ("vmap", "map")
+
+
 def _speaker_encoder_sizes():
   from metatts.models import speaker_encoder  # pylint: disable=g-import-not-at-top
   return list(speaker_encoder._SIZES)  # pylint: disable=protected-access
@@ -465,6 +469,7 @@ def tts_rules() -> Dict[str, Any]:
                                     "e.g. {'fomaml': 1, 'reptile': 3}"),
       "train.reptile_epsilon": Float(0.0, hi=1.0),
       "train.reptile_outer": Str(_reptile_outers),
+      "train.task_map": Str(_task_maps),
       "train.imaml_lam": Float(0.0),
       "train.imaml_cg_steps": Int(1),
       "train.multitask_weight": Float(0.0, open_lo=False),

@@ -256,7 +256,44 @@ def apply_meta_update(outer, state: MetaState, grads, metrics: dict,
   return new_state, metrics
 
 
-def task_mean(fn, *args):
-  """vmaps ``fn`` over the task axis of ``args`` and averages its outputs."""
-  out = jax.vmap(fn)(*args)
+TaskMap = Union[None, str, int]
+TASK_MAPS = ("vmap", "map")
+
+
+def check_task_map(task_map: TaskMap) -> TaskMap:
+  """Validates a ``task_map`` option (see :func:`task_mean`) and returns it."""
+  if task_map is None or task_map in TASK_MAPS:
+    return task_map
+  if (isinstance(task_map, (int, np.integer)) and not isinstance(task_map, bool)
+      and task_map >= 1):
+    return int(task_map)
+  raise ValueError(
+      f"task_map={task_map!r} is not known; use None (= 'vmap'), 'vmap' "
+      "(all tasks as one batch), 'map' (one task after the other) or a "
+      "positive int k (chunks of k tasks vmapped, the chunks one after the "
+      "other).")
+
+
+def task_mean(fn, *args, task_map: TaskMap = None):
+  """Runs ``fn`` on every task along the leading axis of ``args`` and
+  averages its outputs over the tasks.
+
+  ``task_map`` says how the tasks are laid out in the compiled program (the
+  values are the same up to float rounding):
+
+  * ``None`` or ``"vmap"``: ``jax.vmap``, every task in one batched program
+    (per-task weights become batched matmuls);
+  * ``"map"``: ``jax.lax.map``, one task after the other in a loop whose body
+    is the single-task program (plain matmuls; less memory);
+  * an int ``k``: ``lax.map`` over chunks of ``k`` vmapped tasks.
+
+  Which is fastest depends on the backend and the model
+  (docs/benchmarks.md, "Tasks in a loop or in a batch").
+  """
+  task_map = check_task_map(task_map)
+  if task_map is None or task_map == "vmap":
+    out = jax.vmap(fn)(*args)
+  else:
+    batch = None if task_map == "map" else task_map
+    out = jax.lax.map(lambda a: fn(*a), args, batch_size=batch)
   return jax.tree.map(lambda x: jnp.mean(x, axis=0), out)

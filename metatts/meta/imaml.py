@@ -66,6 +66,8 @@ def imaml(
     filter: base.Filter = None,
     compute_dtype=None,
     unroll: Optional[bool] = None,
+    task_map: base.TaskMap = None,
+    extra_metrics: bool = False,
 ) -> base.MetaLearner:
   """iMAML: meta-gradients of a proximally regularized inner problem.
 
@@ -91,6 +93,11 @@ def imaml(
     compute_dtype: optional mixed-precision compute dtype.
     unroll: unroll the inner loop (``None``: on CPU for short loops; see
       ``metatts.meta.inner_loop``).
+    task_map: how the tasks of a meta-batch are laid out: ``None``/``"vmap"``
+      (one batch), ``"map"`` (one after the other) or an int chunk size
+      (``metatts.meta.base.task_mean``).
+    extra_metrics: also report the query loss before adaptation and the
+      support loss after it (two extra forward passes per task).
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -99,6 +106,7 @@ def imaml(
     raise ValueError(f"iMAML needs lam > 0, got {lam}.")
   outer = outer_optimizer if outer_optimizer is not None else optax.adam(1e-3)
   inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
+  base.check_task_map(task_map)
 
   def init(params):
     base.make_partition(params, filter)
@@ -139,15 +147,15 @@ def imaml(
         frozen_grads = [g - c / lam for g, c in zip(q_frozen, cross)]
       else:
         frozen_grads = []
-      metrics = {
-          "query_loss_before": loss(theta, query)[0],
-          "query_loss_after": q_after,
-          "support_loss_before": result.support_losses[0],
-          "support_loss_after": loss(phi, support)[0],
-      }
+      metrics = {"query_loss_after": q_after,
+                 "support_loss_before": result.support_losses[0]}
+      if extra_metrics:
+        metrics["query_loss_before"] = loss(theta, query)[0]
+        metrics["support_loss_after"] = loss(phi, support)[0]
       return partition.combine(x, frozen_grads), metrics
 
-    meta_grads, metrics = base.task_mean(per_task, tasks.support, tasks.query)
+    meta_grads, metrics = base.task_mean(per_task, tasks.support, tasks.query,
+                                         task_map=task_map)
     grads = (meta_grads, ())
 
     return base.apply_meta_update(outer, state, grads, metrics)

@@ -60,8 +60,9 @@ def maml(
     msl_anneal_steps: int = 1000,
     learn_inner_lr: Optional[str] = None,
     first_order_steps: int = 0,
-    extra_metrics: bool = True,
+    extra_metrics: bool = False,
     unroll: Optional[bool] = None,
+    task_map: base.TaskMap = None,
 ) -> base.MetaLearner:
   """Model-Agnostic Meta-Learning.
 
@@ -94,9 +95,14 @@ def maml(
     first_order_steps: MAML++ derivative-order annealing: first order for the
       first this many outer steps, second order after.
     extra_metrics: also report the query loss before adaptation and the
-      support loss after it (two extra forward passes per task).
+      support loss after it (two extra forward passes per task; off by
+      default, the step's own values are ``query_loss_after`` and
+      ``support_loss_before``).
     unroll: unroll the inner loop (``None``: on CPU for up to
       ``metatts.meta.inner.MAX_CPU_UNROLL`` steps; see ``inner_loop``).
+    task_map: how the tasks of a meta-batch are laid out: ``None``/``"vmap"``
+      (one batch), ``"map"`` (one after the other) or an int chunk size
+      (``metatts.meta.base.task_mean``).
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -110,6 +116,7 @@ def maml(
   if inner_optimizer is None:
     inner_optimizer = optax.sgd(1.0 if learn_inner_lr else inner_lr)
   per_step = learn_inner_lr == "per_step_per_layer"
+  base.check_task_map(task_map)
 
   def init(params):
     partition = base.make_partition(params, filter)
@@ -149,7 +156,7 @@ def maml(
       def objective(params_extra):
         return base.task_mean(
             lambda s, q: task_objective(params_extra, s, q, fo),
-            tasks.support, tasks.query)
+            tasks.support, tasks.query, task_map=task_map)
       return jax.grad(objective, has_aux=True)((state.params, state.extra))
 
     if first_order or first_order_steps <= 0:

@@ -27,6 +27,7 @@ def pretrain(
     num_inner_steps: int = 1,
     filter: base.Filter = None,
     compute_dtype=None,
+    task_map: base.TaskMap = None,
 ) -> base.MetaLearner:
   """Ordinary training on all tasks' data; fine-tuning at test time.
 
@@ -35,12 +36,16 @@ def pretrain(
     inner_lr, inner_optimizer, num_inner_steps, filter: the fine-tuning
       protocol used by ``adapt`` (same meaning as for the meta-learners).
     compute_dtype: optional mixed-precision compute dtype.
+    task_map: how the tasks of a meta-batch are laid out: ``None``/``"vmap"``
+      (one batch), ``"map"`` (one after the other) or an int chunk size
+      (``metatts.meta.base.task_mean``).
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
   """
   opt = optimizer if optimizer is not None else optax.adam(1e-3)
   inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
+  base.check_task_map(task_map)
 
   def init(params):
     return base.init_state(opt, params)
@@ -54,7 +59,8 @@ def pretrain(
         s = loss(params, support)[0]
         q = loss(params, query)[0]
         return 0.5 * (s + q), {"support_loss_before": s, "query_loss_before": q}
-      return base.task_mean(per_task, tasks.support, tasks.query)
+      return base.task_mean(per_task, tasks.support, tasks.query,
+                            task_map=task_map)
 
     (value, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     grads = (grads, ())

@@ -26,6 +26,8 @@ def reptile(
     filter: base.Filter = None,
     compute_dtype=None,
     unroll: Optional[bool] = None,
+    task_map: base.TaskMap = None,
+    extra_metrics: bool = False,
 ) -> base.MetaLearner:
   """Reptile: move the initialization towards the task-adapted parameters.
 
@@ -49,6 +51,13 @@ def reptile(
     compute_dtype: optional mixed-precision compute dtype.
     unroll: unroll the inner loop (``None``: on CPU for short loops; see
       ``metatts.meta.inner_loop``).
+    task_map: how the tasks of a meta-batch are laid out: ``None``/``"vmap"``
+      (one batch), ``"map"`` (one after the other) or an int chunk size
+      (``metatts.meta.base.task_mean``).
+    extra_metrics: also report the query loss before adaptation and the
+      support loss after it (two extra forward passes per task). The step's
+      own values are ``support_loss_before`` and ``query_loss_after`` (the
+      reported ``loss``).
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -57,6 +66,7 @@ def reptile(
     raise ValueError(f"num_inner_steps must be >= 1, got {num_inner_steps}.")
   outer = outer_optimizer if outer_optimizer is not None else optax.sgd(1.0)
   inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
+  base.check_task_map(task_map)
 
   def init(params):
     base.make_partition(params, filter)  # validates the filter early
@@ -72,7 +82,6 @@ def reptile(
       result = inner_loop(loss, partition, theta, support, inner, num_inner_steps,
                           unroll=unroll)
       phi = jax.lax.stop_gradient(result.params)
-      q_before = loss(theta, query)[0]
       if all(partition.mask):
         q_after = loss(phi, query)[0]
         frozen_grads = []
@@ -82,14 +91,15 @@ def reptile(
           return loss(partition.combine(adapted, frozen), query)[0]
         q_after, frozen_grads = jax.value_and_grad(query_of_frozen)(
             partition.split(phi)[1])
-      support_after = loss(phi, support)[0]
-      return phi, frozen_grads, {
-          "query_loss_before": q_before, "query_loss_after": q_after,
-          "support_loss_before": result.support_losses[0],
-          "support_loss_after": support_after}
+      metrics = {"query_loss_after": q_after,
+                 "support_loss_before": result.support_losses[0]}
+      if extra_metrics:
+        metrics["query_loss_before"] = loss(theta, query)[0]
+        metrics["support_loss_after"] = loss(phi, support)[0]
+      return phi, frozen_grads, metrics
 
     mean_phi, frozen_grads, metrics = base.task_mean(
-        per_task, tasks.support, tasks.query)
+        per_task, tasks.support, tasks.query, task_map=task_map)
     # Pseudo-gradient: θ − φ̄ on adapted leaves, query gradient on the others.
     diff = jax.tree.map(lambda t, p: t - p, theta, mean_phi)
     adapted_diff, _ = partition.split(diff)

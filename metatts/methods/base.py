@@ -135,11 +135,13 @@ def learner_for(learner_name: str, t, filter_name: str):
   """
   pred = functional.filter_for(filter_name)
   inner_steps = int(t.inner_steps.get(learner_name, 1))
+  # How a meta-batch's tasks are laid out ("vmap" or "map"; same numbers).
+  task_map = str(t.get("task_map", "vmap"))
   if learner_name == "pretrain":
     return meta.pretrain(optax.adam(t.outer_lr), inner_lr=t.inner_lr,
-                         filter=pred)
+                         filter=pred, task_map=task_map)
   kw = dict(inner_lr=float(t.inner_lr), num_inner_steps=inner_steps,
-            filter=pred)
+            filter=pred, task_map=task_map)
   # The MAML family's outer Adam rate: ``meta_outer_lr`` when set (> 0),
   # e.g. a smaller rate for meta-training started from a pre-trained export.
   outer_lr = float(t.get("meta_outer_lr", 0.0) or t.outer_lr)
