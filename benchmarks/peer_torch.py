@@ -32,7 +32,10 @@ Usage::
 
   .venv/bin/python benchmarks/peer_torch.py [--workloads mlp-small,lstm] \
       [--algorithms maml,fomaml,reptile] [--inner_steps 1,5] [--repeats 7] \
-      [--no-compile] [--out runs/bench/peer_torch.json]
+      [--no-compile] [--task_maps vmap,map] [--out runs/bench/peer_torch.json]
+
+``--task_maps vmap,map`` also times metatts with the tasks in a loop
+(``task_map="map"``) as ``metatts-map``, beside the default layout.
 
 Both sides use every core (XLA's and PyTorch's default thread pools).
 Results: docs/benchmarks.md, "metatts against PyTorch".
@@ -184,9 +187,10 @@ def torch_loss(kind: str, names: List[str]) -> Callable:
 
 # ------------------------------------------------------------ metatts side
 
-def metatts_step(kind, names, algorithm, steps, outer):
+def metatts_step(kind, names, algorithm, steps, outer, task_map="vmap"):
   loss_fn = jax_loss(kind, names)
-  kw = dict(inner_lr=INNER_LR, num_inner_steps=steps, outer_optimizer=outer)
+  kw = dict(inner_lr=INNER_LR, num_inner_steps=steps, outer_optimizer=outer,
+            task_map=task_map)
   learner = meta.get_learner(algorithm, **kw)
   return learner, meta.make_step(learner, loss_fn, donate=False)
 
@@ -278,13 +282,14 @@ def torch_system(loss, algorithm, steps, variant):
 
 # ----------------------------------------------------------------- checking
 
-def check(workload, algorithm, steps, variants) -> Dict[str, float]:
+def check(workload, algorithm, steps, variants,
+          task_map="vmap") -> Dict[str, float]:
   """Largest |Δ| between each torch variant's meta-update and metatts's."""
   w = WORKLOADS[workload]
   names, params, data = make_workload(workload)
   loss_t = torch_loss(w["kind"], names)
   learner, step = metatts_step(w["kind"], names, algorithm, steps,
-                               optax.sgd(1.0))
+                               optax.sgd(1.0), task_map)
   p0 = {n: jnp.asarray(p) for n, p in zip(names, params)}
   state = learner.init(p0)
   tasks = Task(support=(data[0], data[1]), query=(data[2], data[3]))
@@ -309,24 +314,30 @@ def check(workload, algorithm, steps, variants) -> Dict[str, float]:
 # ------------------------------------------------------------------ timing
 
 def time_systems(workload, algorithm, steps, variants, repeats,
-                 target_seconds=0.3) -> Dict[str, float]:
-  """Median seconds per meta-step of each system, timed round-robin."""
+                 target_seconds=0.3, task_maps=("vmap",)) -> Dict[str, float]:
+  """Median seconds per meta-step of each system, timed round-robin.
+
+  ``task_maps``: the metatts layouts to time (``metatts.meta.base.task_mean``);
+  the first is ``metatts``, the others ``metatts-<layout>``.
+  """
   w = WORKLOADS[workload]
   names, params, data = make_workload(workload)
   runners: Dict[str, Tuple[Callable, list]] = {}
-  learner, step = metatts_step(w["kind"], names, algorithm, steps,
-                               optax.adam(OUTER_LR))
-  jstate = [learner.init({n: jnp.asarray(p) for n, p in zip(names, params)})]
   tasks = Task(support=(data[0], data[1]), query=(data[2], data[3]))
+  for i, task_map in enumerate(task_maps):
+    learner, step = metatts_step(w["kind"], names, algorithm, steps,
+                                 optax.adam(OUTER_LR), task_map)
+    jstate = [learner.init({n: jnp.asarray(p)
+                            for n, p in zip(names, params)})]
 
-  def run_jax(calls):
-    s = jstate[0]
-    for _ in range(calls):
-      s, metrics = step(s, tasks)
-    jax.block_until_ready((s, metrics))
-    jstate[0] = s
+    def run_jax(calls, step=step, jstate=jstate):
+      s = jstate[0]
+      for _ in range(calls):
+        s, metrics = step(s, tasks)
+      jax.block_until_ready((s, metrics))
+      jstate[0] = s
 
-  runners["metatts"] = run_jax
+    runners["metatts" if i == 0 else f"metatts-{task_map}"] = run_jax
   tdata = tuple(torch.tensor(a) for a in data)
   loss_t = torch_loss(w["kind"], names)
   failed = {}
@@ -370,7 +381,14 @@ def main(argv=None):
   parser.add_argument("--atol", type=float, default=1e-4)
   parser.add_argument("--no-compile", action="store_true")
   parser.add_argument("--out", default="")
+  parser.add_argument(
+      "--task_maps", default="vmap",
+      help="metatts layouts of a meta-batch's tasks to time side by side "
+      "(comma-separated: vmap, map, or a chunk size); the first is the one "
+      "compared with PyTorch.")
   args = parser.parse_args(argv)
+  task_maps = tuple(int(t) if t.isdigit() else t
+                    for t in args.task_maps.split(","))
   variants = ["torch-loop", "torch-func"] + (
       [] if args.no_compile else ["torch-compile"])
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} "
@@ -380,14 +398,14 @@ def main(argv=None):
   for workload in args.workloads.split(","):
     for algorithm in args.algorithms.split(","):
       for steps in (int(s) for s in args.inner_steps.split(",")):
-        diffs = check(workload, algorithm, steps, variants[:2])
+        diffs = check(workload, algorithm, steps, variants[:2], task_maps[0])
         bad = [v for v in variants[:2]
                if isinstance(diffs[v], str) or diffs[v] > args.atol]
         seconds = time_systems(workload, algorithm, steps, variants,
-                               args.repeats)
+                               args.repeats, task_maps=task_maps)
         timed = {k: v for k, v in seconds.items() if not isinstance(v, str)}
-        best = min((k for k in timed if k != "metatts"), key=timed.get,
-                   default=None)
+        best = min((k for k in timed if not k.startswith("metatts")),
+                   key=timed.get, default=None)
         ratio = timed[best] / timed["metatts"] if best else float("nan")
         record = {"workload": workload, "algorithm": algorithm,
                   "inner_steps": steps, "max_abs_diff": diffs,

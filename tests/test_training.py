@@ -203,6 +203,42 @@ def test_resumed_run_matches_uninterrupted_run(uninterrupted, tmp_path):
   assert train_steps == [2, 4, 6, 8, 10, 12]
 
 
+def test_resumed_run_reads_its_step_from_the_compilation_cache(tmp_path,
+                                                                caplog):
+  """A resumed run lowers the same step program as a fresh one, so the
+  persistent compilation cache (which keys on that program) serves it: the
+  restored state was committed to a device and the fresh one was not, and
+  every resume compiled its step again (~25 s for the duration Tacotron)."""
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  cache = str(tmp_path / "xla")
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  cc.reset_cache()  # this test's own cache, whatever the session uses
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  caplog.set_level(py_logging.DEBUG, logger="jax._src.compiler")
+  try:
+    workdir = str(tmp_path / "run")
+    # A learner no other test compiles (a fresh program for this cache).
+    learner = meta.fomaml(0.02, optax.adam(3e-3), 2)
+    loop.train(learner, sinusoid_exp.mse_loss, _params(), _factory(),
+               _config(num_steps=4), workdir, progress=False)
+    caplog.clear()
+    resumed = loop.train(learner, sinusoid_exp.mse_loss, _params(),
+                         _factory(), _config(num_steps=8), workdir,
+                         progress=False)
+  finally:
+    cc.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  assert os.listdir(cache)  # the step was written there and read back
+  assert resumed.resumed_from == 4
+  said = [r.getMessage() for r in caplog.records if "'jit_step'" in
+          r.getMessage()]
+  assert any("cache hit" in m for m in said), said
+  assert not any("CACHE MISS" in m for m in said), said
+
+
 def test_finished_run_rerun_does_not_train_again(uninterrupted):
   workdir, full, _, _ = uninterrupted
   loss = TraceCountingLoss()
