@@ -64,7 +64,10 @@ def zs(tmp_path_factory):
 def test_training_lowers_loss_and_trains_the_encoder(zs):
   value_and_grad = jax.jit(jax.value_and_grad(
       lambda p, b: zs.raw_loss(p, b)[0]))
-  before, grads = value_and_grad(zs.params0, zs.batch)
+  # Trained parameters come back committed to the device (as restored ones
+  # do); placed the same way, the initial ones must hit the same program.
+  params0 = jax.device_put(zs.params0, jax.local_devices()[0])
+  before, grads = value_and_grad(params0, zs.batch)
   after, _ = value_and_grad(zs.trained["params"], zs.batch)
   assert value_and_grad._cache_size() == 1  # pylint: disable=protected-access
   assert np.isfinite(float(before)) and float(after) < float(before)
