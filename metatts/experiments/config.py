@@ -74,7 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.reptile_outer = "sgd"
   # How the tasks of a meta-batch are laid out in the compiled step: "vmap"
   # (one batch) or "map" (one after the other; same numbers up to rounding).
-  # See docs/benchmarks.md, "Tasks in a loop or in a batch".
+  # See docs/benchmarks.md, "Second run (session 7)": vmap is faster for the
+  # TTS meta-step and the LSTM, map for large dense layers.
   c.train.task_map = "vmap"
   c.train.imaml_lam = 1.0
   c.train.imaml_cg_steps = 3

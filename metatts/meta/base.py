@@ -288,7 +288,8 @@ def task_mean(fn, *args, task_map: TaskMap = None):
   * an int ``k``: ``lax.map`` over chunks of ``k`` vmapped tasks.
 
   Which is fastest depends on the backend and the model
-  (docs/benchmarks.md, "Tasks in a loop or in a batch").
+  (docs/benchmarks.md, "Second run (session 7): metric passes opt-in,
+  tasks in a loop").
   """
   task_map = check_task_map(task_map)
   if task_map is None or task_map == "vmap":
