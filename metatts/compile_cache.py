@@ -153,6 +153,9 @@ def _environment_key() -> str:
     parts.append(_strip_addresses(repr(jax_config.trace_context())))
   except Exception:  # pylint: disable=broad-except
     parts.append("no trace_context")
+  # Which inner loops are unrolled (``metatts.meta.inner``) is read from the
+  # environment at trace time.
+  parts.append(f"cpu_unroll={os.environ.get('METATTS_CPU_UNROLL', '')!r}")
   h.update("\n".join(parts).encode())
   package = os.path.dirname(os.path.abspath(__file__))
   for root, dirs, files in os.walk(package):

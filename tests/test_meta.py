@@ -378,8 +378,28 @@ def test_unrolled_and_rolled_inner_loops_agree():
   assert_tree_close(g1, g2, rtol=1e-5, atol=1e-6)
   assert meta.inner.resolve_unroll(4, True) and not meta.inner.resolve_unroll(
       4, False)
-  assert meta.inner.resolve_unroll(4) == (jax.default_backend() == "cpu")
-  assert not meta.inner.resolve_unroll(meta.inner.MAX_CPU_UNROLL + 1)
+
+
+def test_cpu_unroll_default_and_its_environment_override(monkeypatch):
+  """Loops of up to 16 steps unroll on CPU unless METATTS_CPU_UNROLL says
+  otherwise (the test session sets it to 0, tests/conftest.py)."""
+  cpu = jax.default_backend() == "cpu"
+  monkeypatch.delenv(meta.inner.UNROLL_ENV, raising=False)
+  assert meta.inner.max_cpu_unroll() == meta.inner.MAX_CPU_UNROLL == 16
+  assert meta.inner.resolve_unroll(4) == cpu
+  assert meta.inner.resolve_unroll(16) == cpu
+  assert not meta.inner.resolve_unroll(17)
+  monkeypatch.setenv(meta.inner.UNROLL_ENV, "0")
+  assert not meta.inner.resolve_unroll(1)
+  assert meta.inner.resolve_unroll(1, True)  # an explicit choice wins
+  monkeypatch.setenv(meta.inner.UNROLL_ENV, "5")
+  assert meta.inner.resolve_unroll(5) == cpu
+  assert not meta.inner.resolve_unroll(6)
+  for bad in ("-1", "many", "2.5"):
+    monkeypatch.setenv(meta.inner.UNROLL_ENV, bad)
+    with pytest.raises(ValueError, match="METATTS_CPU_UNROLL"):
+      meta.inner.resolve_unroll(3)
+
 
 def test_bf16_compute_keeps_f32_params_and_is_close():
   tasks, params = make_tasks(), init_params()

@@ -7,6 +7,7 @@ Reptile and iMAML run it without a tape) and test-time adaptation
 
 from __future__ import annotations
 
+import os
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -20,22 +21,54 @@ from metatts.types import LossFn, Params, PyTree
 
 # Inner loops of at most this many steps are unrolled on CPU (``unroll=None``).
 MAX_CPU_UNROLL = 16
+# Environment variable that overrides MAX_CPU_UNROLL (an integer >= 0; 0
+# keeps every loop rolled).
+UNROLL_ENV = "METATTS_CPU_UNROLL"
+
+
+def max_cpu_unroll() -> int:
+  """The longest inner loop unrolled on CPU by default.
+
+  ``MAX_CPU_UNROLL``, or the integer in the ``METATTS_CPU_UNROLL``
+  environment variable (``0``: never unroll). Unrolling makes XLA's CPU
+  backend run each step many times faster and compile longer; a rolled loop
+  computes the same steps (``tests/test_meta.py``). The test suite rolls
+  every loop (``tests/conftest.py``): its tiny models run a few steps, so
+  compilation is what it waits for.
+
+  Raises:
+    ValueError: the variable is not a non-negative integer.
+  """
+  value = os.environ.get(UNROLL_ENV, "").strip()
+  if not value:
+    return MAX_CPU_UNROLL
+  try:
+    n = int(value)
+  except ValueError:
+    n = -1
+  if n < 0:
+    raise ValueError(f"{UNROLL_ENV}={value!r}: use a whole number of steps "
+                     f">= 0 (0 keeps every inner loop rolled), or unset it "
+                     f"for the default {MAX_CPU_UNROLL}.")
+  return n
 
 
 def resolve_unroll(num_steps: int, unroll: Optional[bool] = None) -> bool:
   """Whether the inner loop's ``lax.scan`` is fully unrolled.
 
   ``None`` (the default everywhere): unrolled on the CPU backend when
-  ``num_steps <= MAX_CPU_UNROLL``, a rolled scan otherwise. On XLA's CPU
-  backend a training step inside a scan (a while loop) runs far slower than
-  the same step outside one: an SGD step of the duration Tacotron on 5 clips
-  took 0.58 s in the scan and 0.04 s unrolled
-  (``benchmarks/inner_loop_unroll.py``, docs/benchmarks.md); unrolling costs
-  compile time instead, which grows with the steps. Elsewhere the rolled
-  scan is kept (not measured on accelerators here).
+  ``num_steps <= max_cpu_unroll()`` (16 unless ``METATTS_CPU_UNROLL`` says
+  otherwise), a rolled scan otherwise. On XLA's CPU backend a training
+  step inside a scan (a while loop) runs far slower than the same step
+  outside one: an SGD step of the duration Tacotron on 5 clips took 0.58 s
+  in the scan and 0.04 s unrolled (``benchmarks/inner_loop_unroll.py``,
+  docs/benchmarks.md); unrolling costs compile time instead, which grows
+  with the steps. Elsewhere the rolled scan is kept (not measured on
+  accelerators here).
   """
   if unroll is None:
-    return jax.default_backend() == "cpu" and num_steps <= MAX_CPU_UNROLL
+    return (jax.default_backend() == "cpu"
+            and num_steps <= max_cpu_unroll())
   return bool(unroll)
 
 

@@ -99,7 +99,7 @@ def maml(
       default, the step's own values are ``query_loss_after`` and
       ``support_loss_before``).
     unroll: unroll the inner loop (``None``: on CPU for up to
-      ``metatts.meta.inner.MAX_CPU_UNROLL`` steps; see ``inner_loop``).
+      ``metatts.meta.inner.max_cpu_unroll()`` steps; see ``inner_loop``).
     task_map: how the tasks of a meta-batch are laid out: ``None``/``"vmap"``
       (one batch), ``"map"`` (one after the other) or an int chunk size
       (``metatts.meta.base.task_mean``).
