@@ -54,3 +54,64 @@ if _SETTING != "off":
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
   if _OWNED and not hasattr(session.config, "workerinput"):
     shutil.rmtree(_OWNED, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Scheduling the files on the pytest-xdist workers (``make test``: 2 workers,
+# ``--dist loadfile``).
+#
+# xdist hands out files in the order of their number of tests, and gives a
+# worker its next file as soon as it has at most 2 tests left. The suite's
+# longest files hold 2-4 tests behind one long module fixture (the study,
+# the smoke run), so a worker that started one of them at once took the
+# next long file as well while the other worker ran out of work: in session
+# 8 the two workers were busy for 1003 s and 1262 s of one 1289-s run. Here
+# the longest file left goes out first (seconds per file measured in that
+# run; a file not listed counts a second per test), and a worker gets its
+# next file only when it is on its last test.
+_FILE_SECONDS = {
+    "test_tts_duration.py": 253, "test_tts_experiment.py": 241,
+    "test_long_runs.py": 195, "test_configs.py": 182,
+    "test_tts_zeroshot.py": 141, "test_aligner_timings.py": 115,
+    "test_duration_tacotron.py": 107, "test_methods.py": 102,
+    "test_evaluation_parallel.py": 94, "test_api_zeroshot.py": 70,
+    "test_api.py": 69, "test_tacotron.py": 69, "test_cli_speed.py": 67,
+    "test_meta.py": 58, "test_evaluation_report.py": 53,
+    "test_functional.py": 49, "test_wavenet.py": 45, "test_aligner.py": 35,
+    "test_sinusoid.py": 33, "test_evaluation_judges.py": 32,
+    "test_cli.py": 29, "test_reliability.py": 25,
+    "test_compile_cache.py": 25, "test_meta_devices.py": 25,
+    "test_launcher.py": 24, "test_synth.py": 24,
+}
+
+
+def _file_seconds(scope, tests):
+  return _FILE_SECONDS.get(os.path.basename(scope), len(tests))
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """Longest file first, next file on the last test (``--dist loadfile``)."""
+  if config.getvalue("dist") != "loadfile":
+    return None
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=g-import-not-at-top
+
+  class LongestFileFirst(LoadFileScheduling):
+    """``LoadFileScheduling`` with the order and refill rule above."""
+
+    def _assign_work_unit(self, node):
+      longest = max(self.workqueue,
+                    key=lambda s: _file_seconds(s, self.workqueue[s]))
+      self.workqueue.move_to_end(longest, last=False)
+      super()._assign_work_unit(node)
+
+    def _reschedule(self, node):
+      if node.shutting_down:
+        return
+      if not self.workqueue:
+        node.shutdown()
+        return
+      if self._pending_of(self.assigned_work[node]) > 1:
+        return
+      self._assign_work_unit(node)
+
+  return LongestFileFirst(config, log)
