@@ -84,6 +84,7 @@ from metatts import atomic
 from metatts import clips as clips_lib
 from metatts import functional
 from metatts import meta
+from metatts import records
 from metatts import vocoders
 from metatts import voice as voice_lib
 from metatts.audio import text as atext
@@ -842,14 +843,6 @@ def load_voice(directory: PathLike,
   return Voice(tts, params, record["speaker_slot"], fields)
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def validate_voice_record(record: Any, path: str,
                           tts: Optional[TTS] = None) -> None:
   """Checks a parsed ``voice.json``: required keys, types and ranges.
@@ -868,44 +861,32 @@ def validate_voice_record(record: Any, path: str,
     ValueError: one line naming the file, the key and the fix.
   """
   again = "or adapt and save the voice again"
-
-  def bad(key, problem, how=f"correct it {again}"):
-    raise ValueError(f"{path}: {key} {problem}; {how}.")
-
-  if not isinstance(record, dict):
-    bad("the file", f"holds a {type(record).__name__}, not a JSON object",
-        "adapt and save the voice again")
-  if record.get("format") != VOICE_FORMAT:
-    bad("format", f"is {record.get('format')!r}, not {VOICE_FORMAT!r} (not "
-        "a metatts voice)", "adapt and save the voice again")
-  version = record.get("version")
-  if not _is_int(version) or version < 1:
-    bad("version", f"is {version!r}, not an integer >= 1",
-        f"set it to {VOICE_VERSION} {again}")
-  if version > VOICE_VERSION:
-    bad("version", f"is {version}, newer than this metatts understands "
-        f"({VOICE_VERSION})", "upgrade metatts")
+  bad = records.one_line_error(path, ValueError, f"correct it {again}")
+  records.check_header(record, bad, fmt=VOICE_FORMAT, version=VOICE_VERSION,
+                       what="a metatts voice",
+                       redo="adapt and save the voice again",
+                       version_fix=f"set it to {VOICE_VERSION} {again}")
   if "speaker_slot" not in record:
     bad("speaker_slot", "is missing (a required key: the speaker-table row "
         "the voice speaks with)", "add it (the model's adapt.speaker_slot in "
         f"model.json) {again}")
   slot = record["speaker_slot"]
-  if not _is_int(slot) or slot < 0:
+  if not records.is_int(slot) or slot < 0:
     bad("speaker_slot", f"is {slot!r}, not an integer >= 0")
   if record.get("vocoder") not in (None, "griffin-lim", "wavenet"):
     bad("vocoder", f"is {record['vocoder']!r}",
         f"use 'griffin-lim' or 'wavenet' {again}")
   for key in ("sample_rate", "steps"):
     value = record.get(key)
-    if value is not None and (not _is_int(value) or value < 0 or
+    if value is not None and (not records.is_int(value) or value < 0 or
                               (key == "sample_rate" and value == 0)):
       bad(key, f"is {value!r}, not an integer "
           f"{'> 0' if key == 'sample_rate' else '>= 0'}")
-  if record.get("seed") is not None and not _is_int(record["seed"]):
+  if record.get("seed") is not None and not records.is_int(record["seed"]):
     bad("seed", f"is {record['seed']!r}, not an integer or null")
   losses = record.get("losses")
   if losses is not None and not (isinstance(losses, list) and
-                                 all(_is_number(x) for x in losses)):
+                                 all(records.is_number(x) for x in losses)):
     bad("losses", "must be a list of numbers")
   for key in ("clips", "texts"):
     value = record.get(key)
@@ -932,7 +913,7 @@ def validate_voice_record(record: Any, path: str,
     vector = record.get("speaker_vector")
     dim = tts.config.external_speaker_dim
     if not (isinstance(vector, list) and len(vector) == dim and
-            all(_is_number(x) and np.isfinite(x) for x in vector)):
+            all(records.is_number(x) and np.isfinite(x) for x in vector)):
       bad("speaker_vector", f"is missing or not {dim} finite numbers (a "
           "zeroshot voice speaks with it)", "adapt and save the voice again")
 

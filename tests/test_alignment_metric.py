@@ -19,6 +19,8 @@ from metatts.audio import text as atext
 from metatts.data import corpora, features, synth
 from metatts.evaluation import alignment as al
 
+from test_synth import built_corpus
+
 HOP, SR = 200, 16000
 HOP_MS = 1000.0 * HOP / SR
 
@@ -144,10 +146,7 @@ def test_uniform_durations_and_summary():
 
 @pytest.fixture(scope="module")
 def timed_corpus(tmp_path_factory):
-  out = tmp_path_factory.mktemp("timed")
-  synth.build_corpus(TIMED, str(out), seed=0, workers=2, progress=False)
-  with open(out / "manifest.json", encoding="utf-8") as f:
-    return str(out), json.load(f)
+  return built_corpus(TIMED, tmp_path_factory.mktemp("timed"))
 
 
 @pytest.fixture(scope="module")

@@ -33,22 +33,13 @@ from metatts.training import export
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_api import make_export  # noqa: E402  pylint: disable=g-import-not-at-top
+# test_api's module fixtures: a tiny random export and the model loaded from
+# it (a fixture imported into a module is built once for that module).
+from test_api import tts, workdir  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
 from test_cli import write_clips  # noqa: E402  pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "Hi there."
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp("rel_workdir"))
-  make_export(wd)
-  return wd
-
-
-@pytest.fixture(scope="module")
-def tts(workdir):
-  return api.load(workdir)
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,16 @@ NANO = dict(MICRO, name="nano", voices=("flite-awb", "espeak-us-m3"),
             utts_per_speaker=(2, 3))
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-  out = tmp_path_factory.mktemp("micro")
-  synth.build_corpus(MICRO, str(out), seed=0, workers=2, progress=False)
+def built_corpus(spec, out):
+  """Builds the synthetic corpus ``spec`` in ``out``; (root, manifest)."""
+  synth.build_corpus(spec, str(out), seed=0, workers=2, progress=False)
   with open(out / "manifest.json", encoding="utf-8") as f:
     return str(out), json.load(f)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+  return built_corpus(MICRO, tmp_path_factory.mktemp("micro"))
 
 
 def _files(root):

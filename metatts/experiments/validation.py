@@ -26,6 +26,8 @@ import numbers
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from metatts import records
+
 # Sections of a tts config whose keys are free-form (fields of a model,
 # FeatureConfig, SynthConfig, learner names); their values are checked by
 # the code that consumes them.
@@ -52,13 +54,12 @@ def _fmt(value: Any) -> str:
   return repr(value)
 
 
-def _is_int(v: Any) -> bool:
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+_is_int = records.is_int
 
 
 def _is_number(v: Any) -> bool:
-  return (isinstance(v, numbers.Real) and not isinstance(v, bool)
-          and math.isfinite(float(v)))
+  """A finite real number (config values: no NaN or infinity)."""
+  return records.is_number(v) and math.isfinite(float(v))
 
 
 # ----------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from metatts import atomic
+from metatts import records
 
 PyTree = Any
 
@@ -292,15 +293,6 @@ def _check_structure(expected: PyTree, got: PyTree, where: str) -> None:
           f"{np.shape(g)}, but model_config gives {np.shape(e)}.")
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-  return (isinstance(x, (int, float, np.integer, np.floating))
-          and not isinstance(x, bool))
-
-
 def validate_model_info(info: Any, where: str, written: bool = False) -> None:
   """Checks a ``model.json`` dict: required keys, types and ranges.
 
@@ -316,22 +308,12 @@ def validate_model_info(info: Any, where: str, written: bool = False) -> None:
   fix = ("pass a valid value to export_model" if written else
          "correct it in the file or re-export the model (re-run training)")
 
-  def bad(key, problem, how=fix):
-    raise ExportError(f"{where}: {key} {problem}; {how}.")
-
-  if not isinstance(info, dict):
-    bad("the file", f"holds a {type(info).__name__}, not a JSON object",
-        "re-export the model")
-  if info.get("format") != FORMAT:
-    bad("format", f"is {info.get('format')!r}, not {FORMAT!r} (not a "
-        "metatts model export)", "point at an export folder such as "
-        "WORKDIR/<method>/model")
-  version = info.get("version")
-  if not _is_int(version) or version < 1:
-    bad("version", f"is {version!r}, not an integer >= 1")
-  if version > VERSION:
-    bad("version", f"is {version}, newer than this metatts understands "
-        f"({VERSION})", "upgrade metatts")
+  bad = records.one_line_error(where, ExportError, fix)
+  records.check_header(info, bad, fmt=FORMAT, version=VERSION,
+                       what="a metatts model export",
+                       redo="re-export the model",
+                       format_fix=("point at an export folder such as "
+                                   "WORKDIR/<method>/model"))
   kinds = {"method": str, "model": str, "model_config": dict,
            "feature_config": dict, "symbols": str, "speakers": list,
            "adapt": dict}
@@ -348,7 +330,7 @@ def validate_model_info(info: Any, where: str, written: bool = False) -> None:
       bad(key, f"is {info[key]!r}, not true or false")
   cfg = info["model_config"]
   num_speakers = cfg.get("num_speakers")
-  if num_speakers is not None and (not _is_int(num_speakers)
+  if num_speakers is not None and (not records.is_int(num_speakers)
                                    or num_speakers < 1):
     bad("model_config.num_speakers", f"is {num_speakers!r}, not an integer "
         ">= 1")
@@ -368,17 +350,17 @@ def validate_model_info(info: Any, where: str, written: bool = False) -> None:
     bad("adapt.optimizer", f"is {adapt['optimizer']!r}",
         f"use one of {list(OPTIMIZERS)}")
   lr = adapt["lr"]
-  if not _is_number(lr) or not np.isfinite(lr) or lr <= 0:
+  if not records.is_number(lr) or not np.isfinite(lr) or lr <= 0:
     bad("adapt.lr", f"is {lr!r}, not a finite number > 0",
         "use the inner learning rate of training (typically 0.001-0.1)")
   steps = adapt["default_steps"]
-  if not _is_int(steps) or steps < 0:
+  if not records.is_int(steps) or steps < 0:
     bad("adapt.default_steps", f"is {steps!r}, not an integer >= 0",
         "use e.g. 20")
   slot = adapt["speaker_slot"]
-  if not _is_int(slot) or slot < 0:
+  if not records.is_int(slot) or slot < 0:
     bad("adapt.speaker_slot", f"is {slot!r}, not an integer >= 0")
-  if _is_int(num_speakers) and slot >= num_speakers:
+  if records.is_int(num_speakers) and slot >= num_speakers:
     bad("adapt.speaker_slot", f"is {slot}, outside the speaker table [0, "
         f"{num_speakers}) of model_config.num_speakers",
         f"use a row below {num_speakers} (training reserves the last one, "
