@@ -35,7 +35,10 @@ Usage::
       [--no-compile] [--task_maps vmap,map] [--out runs/bench/peer_torch.json]
 
 ``--task_maps vmap,map`` also times metatts with the tasks in a loop
-(``task_map="map"``) as ``metatts-map``, beside the default layout.
+(``task_map="map"``) as ``metatts-map``, beside the default layout; a
+``+dot`` suffix (``vmap+dot``, ``map+dot``) compiles that step with
+``metatts.meta.parallel.CPU_DOT_FUSIONS_ONLY`` (XLA's YNNPACK fusions of
+matrix products only).
 
 Both sides use every core (XLA's and PyTorch's default thread pools).
 Results: docs/benchmarks.md, "metatts against PyTorch".
@@ -188,11 +191,21 @@ def torch_loss(kind: str, names: List[str]) -> Callable:
 # ------------------------------------------------------------ metatts side
 
 def metatts_step(kind, names, algorithm, steps, outer, task_map="vmap"):
+  """A metatts learner and its step; ``task_map`` may end in ``+dot``
+  (``meta.parallel.CPU_DOT_FUSIONS_ONLY``: YNNPACK fuses matrix products
+  only)."""
   loss_fn = jax_loss(kind, names)
+  layout, _, fusions = str(task_map).partition("+")
+  if fusions not in ("", "dot"):
+    raise ValueError(f"--task_maps entry {task_map!r}: the only suffix is "
+                     "'+dot' (e.g. map+dot).")
+  layout = int(layout) if layout.isdigit() else layout
   kw = dict(inner_lr=INNER_LR, num_inner_steps=steps, outer_optimizer=outer,
-            task_map=task_map)
+            task_map=layout)
   learner = meta.get_learner(algorithm, **kw)
-  return learner, meta.make_step(learner, loss_fn, donate=False)
+  options = meta.parallel.CPU_DOT_FUSIONS_ONLY if fusions else None
+  return learner, meta.make_step(learner, loss_fn, donate=False,
+                                 compiler_options=options)
 
 
 # -------------------------------------------------------------- torch side
@@ -387,8 +400,7 @@ def main(argv=None):
       "(comma-separated: vmap, map, or a chunk size); the first is the one "
       "compared with PyTorch.")
   args = parser.parse_args(argv)
-  task_maps = tuple(int(t) if t.isdigit() else t
-                    for t in args.task_maps.split(","))
+  task_maps = tuple(args.task_maps.split(","))
   variants = ["torch-loop", "torch-func"] + (
       [] if args.no_compile else ["torch-compile"])
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} "

@@ -8,7 +8,9 @@ This builds exactly that step for each ``LEARNER:LOOP[:TASKS]`` argument
 (``LEARNER``: ``maml``, ``fomaml``, ``reptile``, optionally ``@STEPS`` for
 another number of inner steps than the study's; ``LOOP``: ``rolled`` or
 ``unrolled``, ``metatts.meta.inner.resolve_unroll``; ``TASKS``: ``vmap``,
-the default, or ``map``, ``metatts.meta.base.task_mean``), runs it on the study's
+the default, or ``map``, ``metatts.meta.base.task_mean``; an optional fourth
+field ``dot`` compiles it with ``metatts.meta.parallel.CPU_DOT_FUSIONS_ONLY``),
+runs it on the study's
 first task batches and prints the first call (compile + run) and the
 following calls' seconds, one XLA thread (the study's training workers run
 that way). Speed does not depend on the weights, so the model is the
@@ -58,7 +60,7 @@ def main(argv):
   batches = [next(tasks) for _ in range(4)]
   pred = functional.filter_for(c.train.filter)
   for case in cases:
-    name, how, task_map = (case + ["vmap"])[:3]
+    name, how, task_map, fusions = (case + ["vmap", ""][len(case) - 2:])[:4]
     name, _, at = name.partition("@")  # maml@1: 1 inner step
     steps = int(at) if at else int(c.train.inner_steps.get(name, 1))
     kw = dict(inner_lr=float(c.train.inner_lr), num_inner_steps=steps,
@@ -68,7 +70,10 @@ def main(argv):
     else:
       learner = meta.get_learner(name, outer_optimizer=optax.adam(3e-4),
                                  extra_metrics=False, **kw)
-    step = meta.make_step(learner, loss_fn, donate=False)
+    step = meta.make_step(
+        learner, loss_fn, donate=False,
+        compiler_options=(meta.parallel.CPU_DOT_FUSIONS_ONLY
+                          if fusions == "dot" else None))
     state = learner.init(ctx.params0)
     tick = time.perf_counter()
     state, metrics = step(state, batches[0])
@@ -80,7 +85,9 @@ def main(argv):
       state, metrics = step(state, b)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - tick)
-    print(f"{name} ({steps} inner steps, {how}, tasks {task_map}): first call {first:.1f} s, "
+    print(f"{name} ({steps} inner steps, {how}, tasks {task_map}"
+          f"{', YNNPACK dot fusions only' if fusions == 'dot' else ''}): "
+          f"first call {first:.1f} s, "
           f"then {', '.join(f'{t:.2f}' for t in times)} s per meta-step",
           flush=True)
 

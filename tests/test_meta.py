@@ -510,3 +510,22 @@ def test_task_map_gives_the_vmap_step_for_every_learner(task_map):
 def test_unknown_task_map_names_the_choices(bad):
   with pytest.raises(ValueError, match="task_map=.*'map'"):
     meta.maml(0.1, task_map=bad)
+
+
+def test_compiler_options_reach_the_step_and_keep_its_numbers():
+  """``make_step(compiler_options=...)`` compiles the same step with other
+  XLA options: YNNPACK fusions of matrix products only, on CPU."""
+  tasks, params = make_tasks(), init_params()
+  for learner in (meta.maml(0.1, optax.sgd(1.0), 2),
+                  meta.reptile(0.1, optax.sgd(0.5), num_inner_steps=2)):
+    state = learner.init(params)
+    want, _ = meta.make_step(learner, linreg_loss, donate=False)(state, tasks)
+    opts = (meta.parallel.CPU_DOT_FUSIONS_ONLY
+            if jax.default_backend() == "cpu" else None)
+    got, _ = meta.make_step(learner, linreg_loss, donate=False,
+                            compiler_options=opts)(state, tasks)
+    assert_tree_close(got.params, want.params, rtol=1e-6, atol=1e-7)
+  if jax.default_backend() == "cpu":
+    with pytest.raises(Exception, match="xla_cpu_experimental_ynn_fusion_type"):
+      meta.make_step(learner, linreg_loss, donate=False, compiler_options={
+          "xla_cpu_experimental_ynn_fusion_type": "dot"})(state, tasks)

@@ -28,8 +28,20 @@ def task_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (TASK_AXIS,))
 
 
+# XLA CPU compiler options that keep only matrix products in YNNPACK fusions
+# (``make_step(..., compiler_options=CPU_DOT_FUSIONS_ONLY)``). On the 2-core
+# CPU of docs/benchmarks.md the default YNNPACK fusions of reductions and
+# elementwise ops ran the sum over the task axis of per-task parameters or
+# gradients (2.2 M floats) at 25-35 ms per 1024x1024 matrix; with this option
+# the large-MLP Reptile/FOMAML/MAML meta-steps ran 1.4-2x faster under load
+# (docs/benchmarks.md, "Session 8: XLA CPU's YNNPACK reductions").
+CPU_DOT_FUSIONS_ONLY = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
 def make_step(learner: base.MetaLearner, loss_fn: LossFn, *,
-              mesh: Optional[Mesh] = None, donate: bool = True):
+              mesh: Optional[Mesh] = None, donate: bool = True,
+              compiler_options: Optional[dict] = None):
   """Returns a jitted ``step(state, tasks) -> (state, metrics)``.
 
   Args:
@@ -38,6 +50,9 @@ def make_step(learner: base.MetaLearner, loss_fn: LossFn, *,
     mesh: device mesh with one axis ``"tasks"``; default: all devices. With a
       single device no sharding annotations are added.
     donate: donate the input state buffers (the caller must not reuse them).
+    compiler_options: XLA compiler options of the step's program (``jax.jit``'s
+      ``compiler_options``), e.g. :data:`CPU_DOT_FUSIONS_ONLY`; None keeps
+      XLA's defaults.
 
   Returns:
     The jitted step, with ``jax.jit``'s ``lower(state, tasks)`` (ahead-of-time
@@ -52,14 +67,16 @@ def make_step(learner: base.MetaLearner, loss_fn: LossFn, *,
   def step(state, tasks):
     return learner.step(state, tasks, loss_fn)
 
+  options = dict(compiler_options) if compiler_options else None
   if mesh.size == 1:
-    return jax.jit(step, donate_argnums=donate_argnums)
+    return jax.jit(step, donate_argnums=donate_argnums,
+                   compiler_options=options)
 
   replicated = NamedSharding(mesh, P())
   by_task = NamedSharding(mesh, P(TASK_AXIS))
   jitted = jax.jit(step, in_shardings=(replicated, by_task),
                    out_shardings=(replicated, replicated),
-                   donate_argnums=donate_argnums)
+                   donate_argnums=donate_argnums, compiler_options=options)
   multi_process = jax.process_count() > 1
 
   def sharded_step(state, tasks):
