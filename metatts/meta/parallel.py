@@ -32,9 +32,10 @@ def task_mesh(devices=None) -> Mesh:
 # (``make_step(..., compiler_options=CPU_DOT_FUSIONS_ONLY)``). On the 2-core
 # CPU of docs/benchmarks.md the default YNNPACK fusions of reductions and
 # elementwise ops ran the sum over the task axis of per-task parameters or
-# gradients (2.2 M floats) at 25-35 ms per 1024x1024 matrix; with this option
-# the large-MLP Reptile/FOMAML/MAML meta-steps ran 1.4-2x faster under load
-# (docs/benchmarks.md, "Session 8: XLA CPU's YNNPACK reductions").
+# gradients (2.2 M floats) at 25-35 ms per 1024x1024 matrix. With this option
+# the large MLP's Reptile step ran 1.3-1.7x faster, FOMAML's up to 1.4x, but
+# the TTS study's Reptile step 0.8x, so it is opt-in (docs/benchmarks.md,
+# "Session 8: XLA CPU's YNNPACK reductions").
 CPU_DOT_FUSIONS_ONLY = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
