@@ -283,8 +283,9 @@ def task_mean(fn, *args, task_map: TaskMap = None):
 
   * ``None`` or ``"vmap"``: ``jax.vmap``, every task in one batched program
     (per-task weights become batched matmuls);
-  * ``"map"``: ``jax.lax.map``, one task after the other in a loop whose body
-    is the single-task program (plain matmuls; less memory);
+  * ``"map"``: one task after the other in a ``lax.scan`` whose body is the
+    single-task program (plain matmuls; less memory), summing the outputs
+    as it goes;
   * an int ``k``: ``lax.map`` over chunks of ``k`` vmapped tasks.
 
   Which is fastest depends on the backend and the model
@@ -292,9 +293,22 @@ def task_mean(fn, *args, task_map: TaskMap = None):
   tasks in a loop").
   """
   task_map = check_task_map(task_map)
+  if task_map == "map":
+    # A running sum carried through the loop: no stacked [N, ...] outputs
+    # to zero-fill and reduce (20 ms of a 124-ms large-MLP MAML step went
+    # to filling them; docs/benchmarks.md, "Session 8: XLA CPU's YNNPACK
+    # reductions").
+    n = jax.tree.leaves(args)[0].shape[0]
+    shapes = jax.eval_shape(fn, *jax.tree.map(lambda x: x[0], args))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def body(total, a):
+      return jax.tree.map(jnp.add, total, fn(*a)), None
+
+    total, _ = jax.lax.scan(body, zeros, args)
+    return jax.tree.map(lambda x: x / n, total)
   if task_map is None or task_map == "vmap":
     out = jax.vmap(fn)(*args)
   else:
-    batch = None if task_map == "map" else task_map
-    out = jax.lax.map(lambda a: fn(*a), args, batch_size=batch)
+    out = jax.lax.map(lambda a: fn(*a), args, batch_size=task_map)
   return jax.tree.map(lambda x: jnp.mean(x, axis=0), out)
