@@ -33,9 +33,9 @@ def task_mesh(devices=None) -> Mesh:
 # CPU of docs/benchmarks.md the default YNNPACK fusions of reductions and
 # elementwise ops ran the sum over the task axis of per-task parameters or
 # gradients (2.2 M floats) at 25-35 ms per 1024x1024 matrix. With this option
-# the large MLP's Reptile step ran 1.3-1.7x faster, FOMAML's up to 1.4x, but
-# the TTS study's Reptile step 0.8x, so it is opt-in (docs/benchmarks.md,
-# "Session 8: XLA CPU's YNNPACK reductions").
+# and vmapped tasks the large MLP's Reptile and FOMAML x5 steps ran 1.4-1.6x
+# faster, but the TTS study's Reptile step 0.8x, so it is opt-in
+# (docs/benchmarks.md, "Session 8: XLA CPU's YNNPACK reductions").
 CPU_DOT_FUSIONS_ONLY = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
