@@ -20,6 +20,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _OPT_FLAG = "--xla_backend_optimization_level=0"
 if (os.environ.get("METATTS_TEST_XLA_OPT", "") != "off"
     and _OPT_FLAG not in os.environ.get("XLA_FLAGS", "")):
@@ -89,6 +91,7 @@ def _file_seconds(scope, tests):
   return _FILE_SECONDS.get(os.path.basename(scope), len(tests))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, if loaded
 def pytest_xdist_make_scheduler(config, log):
   """Longest file first, next file on the last test (``--dist loadfile``)."""
   if config.getvalue("dist") != "loadfile":
