@@ -153,9 +153,10 @@ def _environment_key() -> str:
     parts.append(_strip_addresses(repr(jax_config.trace_context())))
   except Exception:  # pylint: disable=broad-except
     parts.append("no trace_context")
-  # Which inner loops are unrolled (``metatts.meta.inner``) is read from the
-  # environment at trace time.
-  parts.append(f"cpu_unroll={os.environ.get('METATTS_CPU_UNROLL', '')!r}")
+  # Which inner loops are unrolled is read from the environment at trace
+  # time; the effective limit, so that unset and the default's value agree.
+  from metatts.meta import inner  # pylint: disable=g-import-not-at-top
+  parts.append(f"cpu_unroll={inner.max_cpu_unroll()}")
   h.update("\n".join(parts).encode())
   package = os.path.dirname(os.path.abspath(__file__))
   for root, dirs, files in os.walk(package):
