@@ -52,3 +52,6 @@ class VocoderBatch(NamedTuple):
   audio: jax.Array  # float32 [B, S]        waveform in [-1, 1]
   audio_lengths: jax.Array  # int32 [B]     number of valid samples
   speaker_ids: jax.Array  # int32 [B]
+  # float32 [B, F] F0 in Hz per frame, 0 = unvoiced (the source-filter
+  # vocoder's excitation and F0 targets); None where no model needs it.
+  f0: Any = None

@@ -1,7 +1,8 @@
 """Vocoders of the voice path: log-mel -> waveform.
 
 ``GriffinLimVocoder`` needs no training; ``WaveNetVocoder`` runs an exported
-WaveNet (``WORKDIR/vocoder/model``). ``load_vocoder`` picks one for a model:
+autoregressive WaveNet and ``NSFVocoder`` an exported source-filter WaveNet
+(``WORKDIR/vocoder/model``). ``load_vocoder`` picks one for a model:
 an explicit vocoder object or export path, ``'griffin-lim'``, or the
 workdir's vocoder export when there is one.
 
@@ -109,6 +110,40 @@ class WaveNetVocoder:
     return np.asarray(audio)[0, :t * hop]
 
 
+class NSFVocoder:
+  """Log-mel -> waveform with an exported source-filter WaveNet (NSF-style).
+
+  One parallel pass (no autoregression): the F0 the model predicts from the
+  mel excites its gated dilated-convolution filter (``metatts.models.nsf``).
+
+  References:
+    Wang, Takaki, Yamagishi (2019), Neural source-filter waveform models for
+      statistical parametric speech synthesis, IEEE/ACM TASLP.
+  """
+
+  name = "nsf"
+
+  def __init__(self, model: Any, info: Dict[str, Any], directory: str):
+    from metatts.models import nsf  # pylint: disable=g-import-not-at-top
+    self.model = model
+    self.info = info
+    self.directory = directory
+    self._synthesize = nsf.synthesize_jit
+
+  def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
+    """mel: float32 [T, M] -> float32 [T * hop] waveform."""
+    t = mel.shape[0]
+    hop = self.model.config.hop_length
+    padded = _round_up(t, FRAME_BUCKET)
+    # Padded with the clip's quietest level: silence, predicted unvoiced.
+    # Only the frame convolutions (F0 predictor, upsampler) let the last
+    # two real frames see the padding; the filter is causal in the samples.
+    floor = float(np.min(mel)) if mel.size else 0.0
+    mel = np.pad(mel, ((0, padded - t), (0, 0)), constant_values=floor)
+    audio = self._synthesize(self.model, jnp.asarray(mel)[None], key)
+    return np.asarray(audio)[0, :t * hop]
+
+
 def load_vocoder(vocoder: Union[None, str, PathLike, Any], model_dir: str,
                   mel_config: afeat.MelConfig):
   """Picks the vocoder: an export path, 'griffin-lim', or auto (None).
@@ -144,6 +179,8 @@ def load_vocoder(vocoder: Union[None, str, PathLike, Any], model_dir: str,
         "voice does not have; using Griffin-Lim instead.", UserWarning,
         stacklevel=3)
     return GriffinLimVocoder(mel_config)
+  if info.get("model") == "nsf":
+    return NSFVocoder(model, info, directory)
   return WaveNetVocoder(model, info, directory)
 
 
@@ -162,5 +199,6 @@ def _load_exported(directory: str):
   return export.load_exported(directory)
 
 
-__all__ = ["GRIFFIN_LIM_ITERS", "GriffinLimVocoder", "WaveNetVocoder",
+__all__ = ["GRIFFIN_LIM_ITERS", "GriffinLimVocoder", "NSFVocoder",
+           "WaveNetVocoder",
            "load_vocoder", "vocoder_dir_for"]

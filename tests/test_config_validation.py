@@ -320,7 +320,7 @@ def test_missing_and_unknown_keys(smoke):
           if k.startswith("train."))) + ")."])
   import ml_collections  # pylint: disable=g-import-not-at-top
   assert problems_of(ml_collections.ConfigDict({"experiment": "speech"})) == [
-      "config.experiment='speech': must be one of ['sinusoid', 'tts']; set it "
+      "config.experiment='speech': must be one of ['sinusoid', 'tts', 'vocoder']; set it "
       "in the config's get_config()."]
 
 

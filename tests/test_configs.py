@@ -43,6 +43,8 @@ from metatts import functional
 from metatts.data import features as dfeat
 from metatts.experiments import adaptation
 from metatts.experiments import tts
+from metatts.experiments import validation
+from metatts.experiments import vocoder as vocoder_lib
 from metatts.models import tacotron
 from metatts.models import wavenet
 
@@ -55,7 +57,7 @@ CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
 TTS_CONFIGS = [("quickstart", None), ("quickstart", "quickstart"),
                ("quickstart", "smoke"), ("base", None), ("base", "study"),
                ("base", "large"), ("full", None), ("full", "vctk"),
-               ("full", "libritts")]
+               ("full", "libritts"), ("vocoder", None), ("vocoder", "smoke")]
 SINUSOID_ARGS = [None, "maml", "fomaml,smoke", "reptile,quick",
                  "metasgd,paper", "imaml,smoke", "pretrain,smoke"]
 BAD_ARGS = {"quickstart": ("quickstart", "smoke"), "base": ("study", "large"),
@@ -112,7 +114,9 @@ def param_counts():
 @pytest.mark.parametrize("case", TTS_CONFIGS, ids=_id)
 def test_tts_config_values_are_valid(case, param_counts):
   c = get_config(*case)
-  assert c.experiment == "tts"
+  # The vocoder study runs the tts config's data and vocoder stages only.
+  assert c.experiment == ("vocoder" if case[0] == "vocoder" else "tts")
+  validation.validate(c)
   defaults = tts.default_config()
   # No key that default_config lacks: tts.run would silently ignore it.
   def keys(d, prefix=""):
@@ -153,7 +157,9 @@ def test_tts_config_values_are_valid(case, param_counts):
   for k in ("num_steps", "num_tasks", "num_support", "num_query",
             "checkpoint_every", "log_every"):
     assert int(c.train[k]) >= 1, k
-  assert int(c.train.checkpoint_every) <= int(c.train.num_steps)
+  # (the vocoder study's loop is the vocoder's, with train's checkpointing)
+  trained = c.vocoder if c.experiment == "vocoder" else c.train
+  assert int(c.train.checkpoint_every) <= int(trained.num_steps)
   # Features and the Tacotron size.
   fc = dfeat.FeatureConfig.from_config(c.data.features)
   mcfg = tacotron_of(c)
@@ -165,10 +171,8 @@ def test_tts_config_values_are_valid(case, param_counts):
   param_counts[_id(case)] = count_params(mcfg)
   # The vocoder, built as train_vocoder builds it.
   v = c.vocoder
-  vcfg = wavenet.wavenet_config(v.size, n_mels=fc.n_mels,
-                                sample_rate=fc.sample_rate,
-                                hop_length=fc.hop_length,
-                                upsample_factors=tuple(v.upsample_factors))
+  vname, vcfg = vocoder_lib._vocoder_model_config(c, fc)  # pylint: disable=protected-access
+  assert vname == v.model and vcfg.n_mels == fc.n_mels
   assert int(np.prod(vcfg.upsample_factors)) == fc.hop_length
   assert v.method in tts.METHODS
   if v.enabled:
@@ -176,6 +180,8 @@ def test_tts_config_values_are_valid(case, param_counts):
               "window_frames", "clips_per_speaker", "eval_speakers"):
       assert int(v[k]) >= 1, k
     assert int(v.clips_per_speaker) >= 1
+  if c.experiment == "vocoder":
+    assert v.enabled
   # Held-out speakers named by the config are all adapted.
   named = tuple(c.data.heldout_unseen) + tuple(c.data.heldout_seen)
   assert len(set(named)) == len(named)
@@ -188,7 +194,9 @@ def test_tts_config_values_are_valid(case, param_counts):
 @pytest.mark.parametrize("name,arg", [("quickstart", "quickstart"),
                                       ("quickstart", "smoke"),
                                       ("base", "study"), ("base", "large"),
-                                      ("full", "vctk"), ("full", "libritts")])
+                                      ("full", "vctk"), ("full", "libritts"),
+                                      ("vocoder", "study"),
+                                      ("vocoder", "smoke")])
 def test_docstring_names_the_exact_command(name, arg):
   doc = load_module(name).__doc__
   flat = " ".join(re.sub(r"\\\s*\n", " ", doc).split())

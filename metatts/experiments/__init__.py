@@ -11,11 +11,13 @@ from typing import Any, Callable, Dict
 from metatts.experiments import sinusoid
 from metatts.experiments import tts
 from metatts.experiments import validation
+from metatts.experiments import vocoder
 from metatts.experiments.validation import ConfigError
 
 EXPERIMENTS: Dict[str, Callable[[Any, str], Dict[str, Any]]] = {
     "sinusoid": sinusoid.run,
     "tts": tts.run,
+    "vocoder": vocoder.run,
 }
 
 

@@ -127,6 +127,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.vocoder = ml_collections.ConfigDict()
   c.vocoder.enabled = False
+  # "wavenet" (autoregressive, NLL) or "nsf" (source-filter, spectral loss).
+  c.vocoder.model = "wavenet"
   c.vocoder.method = "meta-reptile"
   c.vocoder.size = "tiny"
   c.vocoder.upsample_factors = (10, 20)

@@ -332,7 +332,8 @@ def _check_rules(config, schema: Mapping[str, Any], experiment: str,
 
 
 def _tts_experiment():
-  return ["tts"]
+  # "vocoder" runs the tts config's data and vocoder stages only.
+  return ["tts", "vocoder"]
 
 
 def _sinusoid_experiment():
@@ -374,9 +375,15 @@ def _speaker_encoder_sizes():
   return list(speaker_encoder._SIZES)  # pylint: disable=protected-access
 
 
-def _wavenet_sizes():
+def _vocoder_models():
+  return ["nsf", "wavenet"]
+
+
+def _vocoder_sizes():
+  from metatts.models import nsf  # pylint: disable=g-import-not-at-top
   from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
-  return list(wavenet._SIZES)  # pylint: disable=protected-access
+  # Both vocoders name their sizes tiny / base / full.
+  return sorted(set(wavenet._SIZES) | set(nsf._SIZES))  # pylint: disable=protected-access
 
 
 def _corpora():
@@ -505,7 +512,8 @@ def tts_rules() -> Dict[str, Any]:
       "eval.wer_steps": Ints(0, steps_bound, min_len=0, example="(0,5,100)"),
       "vocoder.enabled": Bool(),
       "vocoder.method": Str(_tts_method_names),
-      "vocoder.size": Str(_wavenet_sizes),
+      "vocoder.model": Str(_vocoder_models),
+      "vocoder.size": Str(_vocoder_sizes),
       "vocoder.upsample_factors": Ints(1, example="(10,20)"),
       "vocoder.num_steps": Int(1),
       "vocoder.num_tasks": Int(1),
@@ -659,6 +667,7 @@ def validate_sinusoid(config, workdir: Optional[str] = None) -> None:
 VALIDATORS: Dict[str, Callable[..., None]] = {
     "sinusoid": validate_sinusoid,
     "tts": validate_tts,
+    "vocoder": validate_tts,  # a tts config whose vocoder stage runs alone
 }
 
 

@@ -43,6 +43,7 @@ MODELS = {
                                     "DurationTacotron"),
     "wavenet": ModelEntry("metatts.models.wavenet", "wavenet_config",
                           "WaveNet"),
+    "nsf": ModelEntry("metatts.models.nsf", "nsf_config", "NSFWaveNet"),
     "speaker_encoder": ModelEntry("metatts.models.speaker_encoder",
                                   "speaker_encoder_config", "SpeakerEncoder"),
 }

@@ -270,6 +270,19 @@ def discretized_mol_log_prob(params: Array, x: Array, bins: int) -> Array:
 # ----------------------------------------------------------------------------
 
 
+def dense(linear: nnx.Linear, x: Array) -> Array:
+  """``linear(x)`` with the leading axes flattened into one.
+
+  The same products, but the weight gradient becomes one 2-D matrix product
+  contracting a single axis. On XLA CPU, the gradient of a ``[B, T, C]``
+  input's product contracts ``B`` and ``T`` together and ran 4x slower than
+  the forward pass (docs/benchmarks.md, "The source-filter vocoder").
+  """
+  if x.ndim <= 2:
+    return linear(x)
+  return linear(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1] + (-1,))
+
+
 class CausalConv1d(nnx.Module):
   """Dilated causal 1-D convolution written as a sum of shifted matmuls.
 
@@ -296,8 +309,10 @@ class CausalConv1d(nnx.Module):
     pad = (k_size - 1) * d
     xp = jnp.pad(x.astype(self.dtype), ((0, 0), (pad, 0), (0, 0)))
     y = self.bias[...].astype(self.dtype)
-    for k in range(k_size):
-      y = y + xp[:, k * d:k * d + t] @ w[k]
+    b, cin = x.shape[0], x.shape[-1]
+    for k in range(k_size):  # 2-D products: see ``dense``
+      y = y + (xp[:, k * d:k * d + t].reshape(b * t, cin) @ w[k]).reshape(
+          b, t, -1)
     return y
 
   def step(self, taps: Sequence[Array]) -> Array:
@@ -336,14 +351,14 @@ class ResidualLayer(nnx.Module):
 
   def _finish(self, pre: Array, x: Array, c: Array,
               g: Optional[Array]) -> Tuple[Array, Array]:
-    pre = pre + self.cond(c)
+    pre = pre + dense(self.cond, c)
     if self.speaker is not None:
       s = self.speaker(g)
       pre = pre + (s[:, None, :] if pre.ndim == 3 else s)
     gch = self.gate_channels
     z = jnp.tanh(pre[..., :gch]) * jax.nn.sigmoid(pre[..., gch:])
-    out = (x.astype(z.dtype) + self.res(z)) * math.sqrt(0.5)
-    return out, self.skip(z)
+    out = (x.astype(z.dtype) + dense(self.res, z)) * math.sqrt(0.5)
+    return out, dense(self.skip, z)
 
   def __call__(self, x: Array, c: Array,
                g: Optional[Array]) -> Tuple[Array, Array]:
@@ -390,7 +405,8 @@ class ConditionUpsampler(nnx.Module):
     h = jax.nn.leaky_relu(self.pre(h), 0.4)  # [B, F, Cc]
     for f, w, b in zip(self.factors, self.up_kernels, self.up_biases):
       bsz, t, ch = h.shape
-      h = jnp.einsum("btc,fcd->btfd", h, w[...].astype(self.dtype))
+      h = jnp.einsum("nc,fcd->nfd", h.reshape(bsz * t, ch),
+                     w[...].astype(self.dtype)).reshape(bsz, t, f, ch)
       h = h + b[...].astype(self.dtype)
       h = jax.nn.leaky_relu(h.reshape(bsz, t * f, ch), 0.4)
     return h
@@ -807,7 +823,7 @@ def random_window(rng: Union[np.random.Generator, Array], mel: Any,
 
 
 def make_vocoder_batch(rng: np.random.Generator,
-                       clips: Sequence[Tuple[Any, Any]], num_frames: int,
+                       clips: Sequence[Tuple[Any, ...]], num_frames: int,
                        hop_length: int,
                        speaker_ids: Optional[Sequence[int]] = None
                       ) -> VocoderBatch:
@@ -815,7 +831,9 @@ def make_vocoder_batch(rng: np.random.Generator,
 
   Args:
     rng: numpy Generator (the same seed gives the same windows).
-    clips: sequence of ``(mel [F, M], audio [S])``.
+    clips: sequence of ``(mel [F, M], audio [S])`` or ``(mel, audio,
+      f0 [F])``; with F0 (all clips or none) the batch's ``f0`` holds the
+      same frames as its mels (zero = unvoiced in padding).
     num_frames: window length in frames.
     hop_length: samples per frame.
     speaker_ids: one id per clip (default zeros).
@@ -825,9 +843,26 @@ def make_vocoder_batch(rng: np.random.Generator,
   """
   if not clips:
     raise ValueError("make_vocoder_batch got no clips; pass at least one.")
-  mels, audios, lengths = [], [], []
-  for mel, audio in clips:
-    m, a, n = random_window(rng, mel, audio, num_frames, hop_length)
+  with_f0 = {len(c) for c in clips}
+  if with_f0 not in ({2}, {3}):
+    raise ValueError(
+        "make_vocoder_batch needs every clip as (mel, audio) or every clip "
+        f"as (mel, audio, f0); got tuples of lengths {sorted(with_f0)}.")
+  mels, audios, lengths, f0s = [], [], [], []
+  for clip in clips:
+    mel = np.asarray(clip[0], np.float32)
+    if len(clip) == 3:  # the F0 track rides along as one more mel column
+      f0 = np.asarray(clip[2], np.float32).reshape(-1)
+      if f0.shape[0] != mel.shape[0]:
+        raise ValueError(
+            f"make_vocoder_batch: F0 has {f0.shape[0]} frames but the mel "
+            f"has {mel.shape[0]}; analyse F0 at the mel's frames "
+            "(metatts.models.nsf.analyse_f0).")
+      mel = np.concatenate([mel, f0[:, None]], axis=1)
+    m, a, n = random_window(rng, mel, clip[1], num_frames, hop_length)
+    if len(clip) == 3:
+      m, f = m[:, :-1], m[:, -1]
+      f0s.append(f)
     mels.append(m)
     audios.append(a)
     lengths.append(n)
@@ -835,4 +870,5 @@ def make_vocoder_batch(rng: np.random.Generator,
       np.asarray(speaker_ids, np.int32))
   return VocoderBatch(mels=np.stack(mels), audio=np.stack(audios),
                       audio_lengths=np.asarray(lengths, np.int32),
-                      speaker_ids=ids)
+                      speaker_ids=ids,
+                      f0=np.stack(f0s) if f0s else None)

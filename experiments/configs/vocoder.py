@@ -1,0 +1,85 @@
+r"""The vocoder study: a WaveNet-style vocoder that learns on a 2-core CPU.
+
+Issue 15 and docs/results/vocoder.md. Command::
+
+  .venv/bin/python experiments/main.py \
+      --config experiments/configs/vocoder.py --workdir runs/vocoder
+
+The corpus, features and held-out speakers are the quickstart's (the
+embedded synthetic corpus, 16 kHz, 80 mels, hop 200). Only the tts
+experiment's vocoder stage runs (``experiment = "vocoder"``):
+
+1. the source-filter WaveNet (``metatts.models.nsf``, size ``base``: 2 x 8
+   gated dilated causal layers of kernel 3 over a harmonic-plus-noise
+   excitation, F0 predicted from the mel) is pre-trained on windows of all
+   training speakers with the multi-resolution STFT loss (method
+   ``transfer``: Adam, pooled speaker tasks), resuming from checkpoints;
+2. its held-out loss after 1- and 5-clip adaptation is measured;
+3. the real evaluation clips of the held-out speakers are resynthesized from
+   their mels into ``samples/vocoded`` and judged (SECS, EER, MCD,
+   PocketSphinx WER) beside the real clips and Griffin-Lim.
+
+``vocoder.py:smoke`` is the same path on the smoke corpus with the tiny
+model and a few steps (tests use it).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import quickstart  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ARGS = ("study", "smoke")
+
+
+def get_config(arg: str = "study"):
+  """The vocoder study (``study``) or its test-sized path (``smoke``)."""
+  arg = (arg or "study").strip()
+  if arg not in ARGS:
+    raise ValueError(f"vocoder config argument {arg!r}; use one of {ARGS} "
+                     "(e.g. experiments/configs/vocoder.py:smoke).")
+  c = quickstart.get_config("smoke" if arg == "smoke" else "quickstart")
+  c.experiment = "vocoder"
+  c.name = f"vocoder-{arg}"
+  v = c.vocoder
+  v.enabled = True
+  v.model = "nsf"
+  v.method = "transfer"
+  v.size = "base"
+  v.num_steps = 3000
+  v.num_tasks = 4
+  v.num_support = 1
+  v.num_query = 1
+  v.window_frames = 16
+  v.outer_lr = 1e-3
+  v.inner_lr = 1e-3
+  v.max_speakers = 0  # every training speaker
+  v.clips_per_speaker = 10
+  v.eval_speakers = 8
+  v.eval_clips = 2
+  c.train.checkpoint_every = 250
+  c.train.log_every = 50
+  c.adapt.max_speakers = 8
+  c.adapt.num_eval = 4
+  c.adapt.shots = (1, 5)
+  c.adapt.steps = (0, 5, 20, 100)
+  c.eval.enabled = True
+  c.eval.metrics = ("secs", "eer", "mcd", "wer")
+  c.expected_minutes = 75
+  if arg == "smoke":
+    c.expected_minutes = 2
+    v.size = "tiny"
+    v.num_steps = 2
+    v.window_frames = 4
+    v.num_tasks = 2  # the smoke corpus has 3 training speakers
+    v.clips_per_speaker = 2
+    v.eval_speakers = 1
+    v.eval_clips = 1
+    c.adapt.max_speakers = 1
+    c.adapt.num_eval = 1
+    c.adapt.shots = (1,)
+    c.adapt.steps = (0, 2)
+    c.train.checkpoint_every = 2
+    c.train.log_every = 1
+    c.eval.enabled = False
+  return c

@@ -1,0 +1,452 @@
+"""Source-filter WaveNet vocoder (NSF-style) trained with a spectral loss.
+
+The autoregressive WaveNet (``metatts.models.wavenet``) learns one sample at
+a time by maximum likelihood; on a 2-core CPU its held-out likelihood never
+left the uniform level within an hour. This model keeps WaveNet's filter (a
+stack of gated, dilated causal convolutions with residual and skip paths,
+conditioned on the upsampled mel) but removes the autoregression: the stack
+turns an *excitation* signal into speech, all samples at once, as in the
+neural source-filter models of Wang, Takaki and Yamagishi (2019).
+
+* **Source.** A sum of ``harmonics`` sines at multiples of the frame F0
+  (zero above Nyquist), with Gaussian noise added, merged by a learned
+  linear map and ``tanh`` (NSF's source module). Unvoiced frames get noise
+  only.
+* **F0.** A small frame-level convolution predicts log F0 and a voicing
+  logit from the mel. Training excites the filter with the analysed F0 of
+  the clip (``VocoderBatch.f0``, WORLD DIO + StoneMask at the mel's frame
+  times) and fits the predictor to it; synthesis uses the prediction, so the
+  vocoder needs nothing but a mel (a Tacotron's output works).
+* **Filter.** ``metatts.models.wavenet.ResidualLayer`` blocks (dilations
+  ``1, 2, ..., 2**(L-1)`` per stack) over the source, conditioned on the mel
+  through WaveNet's transposed-convolution upsampler; the skip sum becomes
+  one sample per step.
+* **Loss.** Multi-resolution STFT loss (spectral convergence + log-magnitude
+  L1, averaged over three resolutions; Yamamoto, Song and Kim 2020, Arik et
+  al. 2019) plus the F0 predictor's loss (voicing BCE + L1 on log F0 over
+  voiced frames), weighted by ``f0_weight``.
+
+The excitation is random (initial phases and noise). Training draws it from
+a key that is a function of the batch (so ``loss(params, batch)`` stays
+pure, as the meta-learners need); synthesis takes an explicit key.
+
+References:
+  X. Wang, S. Takaki, J. Yamagishi, "Neural source-filter waveform models
+    for statistical parametric speech synthesis", IEEE/ACM TASLP 2019.
+  A. van den Oord et al., "WaveNet: A Generative Model for Raw Audio", 2016.
+  R. Yamamoto, E. Song, J.-M. Kim, "Parallel WaveGAN", ICASSP 2020 (the
+    multi-resolution STFT loss).
+  S. O. Arik, H. Jun, G. Diamos, "Fast spectrogram inversion using
+    multi-head convolutional neural networks", IEEE SPL 2019 (spectral
+    convergence + log-magnitude loss).
+  M. Morise, F. Yokomori, K. Ozawa, "WORLD", IEICE Trans. 2016 (F0 targets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from metatts.audio import features as afeat
+from metatts.models import layers
+from metatts.models import wavenet
+from metatts.types import VocoderBatch
+
+Array = jax.Array
+
+# log F0 is predicted relative to this frequency (Hz), in natural-log units.
+F0_REF_HZ = 150.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NSFConfig:
+  """Hyperparameters of :class:`NSFWaveNet`.
+
+  Attributes:
+    n_mels, sample_rate, hop_length, upsample_factors: as in
+      ``WaveNetConfig`` (``prod(upsample_factors) == hop_length``).
+    harmonics: sines in the excitation (F0 and its overtones).
+    sine_amp: amplitude of each sine; unvoiced noise has ``sine_amp / 3``.
+    noise_std: standard deviation of the noise added to voiced excitation.
+    frame_channels: width of the F0 predictor's frame convolutions.
+    stacks, layers_per_stack, kernel_size, residual_channels,
+      gate_channels, skip_channels, cond_channels: the filter, as in
+      ``WaveNetConfig``.
+    stft_resolutions: ``(n_fft, hop, win)`` triples of the spectral loss.
+    f0_weight: weight of the F0 predictor's loss.
+    max_frames: longest accepted mel (frames).
+    dtype: compute dtype, ``"float32"`` or ``"bfloat16"``.
+  """
+
+  n_mels: int = 80
+  sample_rate: int = 16000
+  hop_length: int = 200
+  upsample_factors: Tuple[int, ...] = (10, 20)
+  harmonics: int = 8
+  sine_amp: float = 0.1
+  noise_std: float = 0.003
+  frame_channels: int = 64
+  stacks: int = 2
+  layers_per_stack: int = 8
+  kernel_size: int = 3
+  residual_channels: int = 32
+  gate_channels: int = 32
+  skip_channels: int = 32
+  cond_channels: int = 32
+  stft_resolutions: Tuple[Tuple[int, int, int], ...] = (
+      (512, 100, 400), (1024, 200, 800), (256, 50, 200))
+  f0_weight: float = 1.0
+  max_frames: int = 4000
+  dtype: str = "float32"
+  # Fixed: read by the voice path like WaveNet's (a voice's vocoder has no
+  # speaker input; adaptation changes its weights).
+  speaker_source: str = "none"
+
+  def __post_init__(self):
+    if self.speaker_source != "none":
+      raise ValueError(
+          f"NSFConfig.speaker_source={self.speaker_source!r}: the source-"
+          "filter vocoder adapts its weights and takes no speaker input; "
+          "leave it 'none'.")
+    self.filter_config()  # validates the filter's fields
+    if self.harmonics < 1:
+      raise ValueError(f"NSFConfig.harmonics={self.harmonics} must be >= 1.")
+    for n_fft, hop, win in self.stft_resolutions:
+      if not 0 < hop <= win <= n_fft:
+        raise ValueError(
+            f"NSFConfig.stft_resolutions has (n_fft={n_fft}, hop={hop}, "
+            f"win={win}); each needs 0 < hop <= win <= n_fft.")
+
+  def filter_config(self) -> wavenet.WaveNetConfig:
+    """The WaveNet config of the filter stack (shared residual layers)."""
+    return wavenet.WaveNetConfig(
+        n_mels=self.n_mels, sample_rate=self.sample_rate,
+        hop_length=self.hop_length, upsample_factors=self.upsample_factors,
+        stacks=self.stacks, layers_per_stack=self.layers_per_stack,
+        kernel_size=self.kernel_size,
+        residual_channels=self.residual_channels,
+        gate_channels=self.gate_channels, skip_channels=self.skip_channels,
+        cond_channels=self.cond_channels, max_frames=self.max_frames,
+        dtype=self.dtype)
+
+  @property
+  def receptive_field(self) -> int:
+    """Past excitation samples each output sees (closed form)."""
+    return self.filter_config().receptive_field
+
+  @property
+  def compute_dtype(self):
+    return self.filter_config().compute_dtype
+
+
+_SIZES: Dict[str, Dict[str, Any]] = {
+    # Unit tests: receptive field 31 samples.
+    "tiny": dict(stacks=1, layers_per_stack=4, kernel_size=2,
+                 residual_channels=8, gate_channels=8, skip_channels=8,
+                 cond_channels=8, frame_channels=16, harmonics=4),
+    # The CPU study (docs/results/vocoder.md): 2 x 8 layers of kernel 3,
+    # receptive field 1021 samples (64 ms at 16 kHz).
+    "base": dict(),
+    # GPU-sized: 3 x 10 layers, receptive field 6139 samples.
+    "full": dict(stacks=3, layers_per_stack=10, residual_channels=64,
+                 gate_channels=64, skip_channels=64, cond_channels=64,
+                 frame_channels=128),
+}
+
+
+def nsf_config(size: str = "base", **overrides) -> NSFConfig:
+  """The :class:`NSFConfig` of a named size (``tiny``/``base``/``full``)."""
+  if size not in _SIZES:
+    raise ValueError(
+        f"Unknown NSF size {size!r}; choose one of {sorted(_SIZES)}.")
+  fields = {f.name for f in dataclasses.fields(NSFConfig)}
+  bad = sorted(set(overrides) - fields)
+  if bad:
+    raise ValueError(f"Unknown NSFConfig field(s) {bad}; fields are "
+                     f"{sorted(fields)}.")
+  kw = dict(_SIZES[size])
+  kw.update(overrides)
+  for k in ("upsample_factors",):
+    if k in kw:
+      kw[k] = tuple(kw[k])
+  if "stft_resolutions" in kw:
+    kw["stft_resolutions"] = tuple(tuple(int(v) for v in r)
+                                   for r in kw["stft_resolutions"])
+  return NSFConfig(**kw)
+
+
+# ----------------------------------------------------------------------------
+# The source
+# ----------------------------------------------------------------------------
+
+
+def excitation(f0_frames: Array, key: Array, *, hop_length: int,
+               sample_rate: int, harmonics: int, sine_amp: float,
+               noise_std: float) -> Array:
+  """Harmonic-plus-noise excitation at the sample rate.
+
+  Args:
+    f0_frames: [B, F] F0 in Hz per frame, 0 where unvoiced.
+    key: PRNG key of the initial phases and the noise.
+    hop_length: samples per frame (each frame's F0 holds for ``hop``
+      samples).
+    sample_rate: Hz.
+    harmonics: number of sines (multiples 1..H of F0).
+    sine_amp: amplitude of each sine.
+    noise_std: noise standard deviation in voiced samples (unvoiced samples
+      get ``sine_amp / 3``).
+
+  Returns:
+    [B, F * hop, harmonics] float32: column ``k`` is the ``(k+1)``-th
+    harmonic plus noise (the noise is shared by the columns).
+  """
+  f0 = jnp.repeat(jnp.asarray(f0_frames, jnp.float32), hop_length, axis=1)
+  voiced = (f0 > 0)[..., None]
+  k = jnp.arange(1, harmonics + 1, dtype=jnp.float32)
+  pkey, nkey = jax.random.split(key)
+  # Phase in cycles, kept in [0, 1) so long clips keep their precision.
+  cycles = jnp.cumsum(f0 / sample_rate, axis=1) % 1.0  # [B, S]
+  phi = jax.random.uniform(pkey, (f0.shape[0], 1, harmonics))
+  audible = (f0[..., None] * k) < (sample_rate / 2)
+  sines = sine_amp * jnp.sin(2 * jnp.pi * (cycles[..., None] * k + phi))
+  sines = jnp.where(voiced & audible, sines, 0.0)
+  std = jnp.where(voiced, noise_std, sine_amp / 3)
+  noise = std * jax.random.normal(nkey, f0.shape + (1,))
+  return sines + noise
+
+
+def batch_key(audio: Array) -> Array:
+  """A PRNG key that is a pure function of a batch's audio (training)."""
+  bits = jax.lax.bitcast_convert_type(
+      jnp.sum(jnp.abs(jnp.asarray(audio, jnp.float32))), jnp.int32)
+  return jax.random.fold_in(jax.random.key(0), bits)
+
+
+def f0_from_prediction(pred: Array) -> Array:
+  """[..., 2] (log F0 / F0_REF_HZ, voicing logit) -> F0 in Hz, 0 unvoiced."""
+  hz = F0_REF_HZ * jnp.exp(pred[..., 0])
+  return jnp.where(pred[..., 1] > 0, hz, 0.0)
+
+
+def multi_resolution_stft_loss(pred: Array, target: Array,
+                               resolutions: Sequence[Tuple[int, int, int]],
+                               sample_rate: int
+                              ) -> Tuple[Array, Dict[str, Array]]:
+  """Mean over resolutions of spectral convergence + log-magnitude L1.
+
+  Args:
+    pred, target: [B, S] waveforms (padding already zeroed in both).
+    resolutions: ``(n_fft, hop, win)`` triples.
+    sample_rate: Hz (only builds the STFT config).
+
+  Returns:
+    ``(loss, {"sc": ..., "log_mag": ...})`` averaged over resolutions.
+  """
+  sc_sum, mag_sum = 0.0, 0.0
+  for n_fft, hop, win in resolutions:
+    cfg = afeat.MelConfig(sample_rate=sample_rate, n_fft=n_fft,
+                          win_length=win, hop_length=hop)
+    mp = jnp.sqrt(jnp.abs(afeat.stft(pred, cfg)) ** 2 + 1e-7)
+    mt = jnp.sqrt(jnp.abs(afeat.stft(target, cfg)) ** 2 + 1e-7)
+    sc_sum = sc_sum + (jnp.linalg.norm((mt - mp).reshape(-1)) /
+                       jnp.linalg.norm(mt.reshape(-1)))
+    mag_sum = mag_sum + jnp.mean(jnp.abs(jnp.log(mt) - jnp.log(mp)))
+  n = len(resolutions)
+  return (sc_sum + mag_sum) / n, {"sc": sc_sum / n, "log_mag": mag_sum / n}
+
+
+# ----------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------
+
+
+class NSFWaveNet(nnx.Module):
+  """Mel -> waveform: harmonic source filtered by a gated dilated stack.
+
+  Args:
+    config: an :class:`NSFConfig` (see :func:`nsf_config`).
+    rngs: ``nnx.Rngs`` for parameter initialization.
+  """
+
+  def __init__(self, config: NSFConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    c = config
+    fc = c.filter_config()
+    dt = c.compute_dtype
+    kw = dict(dtype=dt, kernel_init=layers.normal_init(), rngs=rngs)
+    # F0 predictor: two frame convolutions and a (log F0, voicing) head.
+    self.f0_conv1 = nnx.Conv(c.n_mels, c.frame_channels, kernel_size=(5,),
+                             padding="SAME", **kw)
+    self.f0_conv2 = nnx.Conv(c.frame_channels, c.frame_channels,
+                             kernel_size=(5,), padding="SAME", **kw)
+    self.f0_head = nnx.Linear(c.frame_channels, 2, **kw)
+    # Source module: harmonics -> one excitation channel.
+    self.merge = nnx.Linear(c.harmonics, 1, **kw)
+    # Filter: WaveNet's residual layers over the excitation.
+    self.upsampler = wavenet.ConditionUpsampler(fc, rngs=rngs)
+    self.input_proj = nnx.Linear(1, c.residual_channels, **kw)
+    self.layers = nnx.List([
+        wavenet.ResidualLayer(fc, 2 ** i, rngs=rngs)
+        for _ in range(c.stacks) for i in range(c.layers_per_stack)])
+    self.out1 = nnx.Linear(c.skip_channels, c.skip_channels, **kw)
+    self.out2 = nnx.Linear(c.skip_channels, 1, **kw)
+
+  def check_mels(self, mels: Any) -> None:
+    c = self.config
+    layers.check_mel_input(
+        mels, n_mels=c.n_mels, max_frames=c.max_frames, owner="NSFWaveNet",
+        batch_axis="batch", config_name="NSFConfig",
+        too_long_fix="cut the input into windows or raise "
+        "NSFConfig.max_frames")
+
+  def predict_f0(self, mels: Array) -> Array:
+    """[B, F, M] -> [B, F, 2]: (log(F0 / F0_REF_HZ), voicing logit)."""
+    h = jax.nn.leaky_relu(self.f0_conv1(mels.astype(self.config.compute_dtype)),
+                          0.2)
+    h = jax.nn.leaky_relu(self.f0_conv2(h), 0.2)
+    return self.f0_head(h).astype(jnp.float32)
+
+  def filter(self, mels: Array, f0_frames: Array, key: Array,
+             frame_mask: Optional[Array] = None) -> Array:
+    """Excites the filter with ``f0_frames`` [B, F] -> audio [B, F * hop]."""
+    c = self.config
+    e = excitation(f0_frames, key, hop_length=c.hop_length,
+                   sample_rate=c.sample_rate, harmonics=c.harmonics,
+                   sine_amp=c.sine_amp, noise_std=c.noise_std)
+    dense = wavenet.dense
+    source = jnp.tanh(dense(self.merge, e.astype(c.compute_dtype)))
+    cond = self.upsampler(mels, frame_mask)
+    x = dense(self.input_proj, source)  # [B, S, R]
+    skips = None
+    for layer in self.layers:
+      x, s = layer(x, cond, None)
+      skips = s if skips is None else skips + s
+    h = jax.nn.relu(dense(self.out1, jax.nn.relu(skips)))
+    return dense(self.out2, h)[..., 0].astype(jnp.float32)
+
+  def __call__(self, mels: Array, key: Array) -> Array:
+    """Synthesis: [B, F, M] -> [B, F * hop] with the predicted F0."""
+    self.check_mels(mels)
+    f0 = f0_from_prediction(self.predict_f0(mels))
+    return self.filter(mels, f0, key)
+
+  def loss(self, batch: VocoderBatch) -> Tuple[Array, Dict[str, Array]]:
+    """Spectral loss of the F0-excited output + ``f0_weight`` x F0 loss.
+
+    Args:
+      batch: a :class:`metatts.types.VocoderBatch` with ``f0`` [B, F] (Hz, 0
+        unvoiced); samples at or after ``audio_lengths`` are zeroed in both
+        the output and the target, frames past it leave the F0 loss, so
+        padding never changes the loss (the filter is causal in the
+        excitation, and the excitation's key is drawn from the masked audio).
+
+    Returns:
+      ``(loss, aux)``; aux has ``stft`` (the spectral loss), ``sc``,
+      ``log_mag``, ``f0_l1`` (natural-log units over voiced frames) and
+      ``vuv_error`` (voicing decision error rate).
+    """
+    c = self.config
+    self.check_mels(batch.mels)
+    if batch.f0 is None:
+      raise ValueError(
+          "NSFWaveNet.loss needs VocoderBatch.f0 [B, F] (Hz, 0 = unvoiced); "
+          "build batches with metatts.models.wavenet.make_vocoder_batch from "
+          "(mel, audio, f0) clips (metatts.models.nsf.analyse_f0).")
+    audio = jnp.asarray(batch.audio, jnp.float32)
+    bsz, n = audio.shape
+    frames = batch.mels.shape[1]
+    if n != frames * c.hop_length:
+      raise ValueError(
+          f"VocoderBatch.audio has {n} samples but mels have {frames} frames "
+          f"x hop_length {c.hop_length}; cut aligned windows with "
+          "make_vocoder_batch.")
+    lengths = jnp.asarray(batch.audio_lengths, jnp.int32)
+    mask = jnp.arange(n)[None, :] < lengths[:, None]
+    frame_mask = jnp.arange(frames)[None, :] * c.hop_length < lengths[:, None]
+    f0 = jnp.asarray(batch.f0, jnp.float32)
+    target = jnp.where(mask, audio, 0.0)
+    out = self.filter(batch.mels, f0, batch_key(target), frame_mask)
+    stft, parts = multi_resolution_stft_loss(
+        jnp.where(mask, out, 0.0), target, c.stft_resolutions, c.sample_rate)
+    pred = self.predict_f0(jnp.where(frame_mask[..., None], batch.mels, 0.0))
+    voiced = f0 > 0
+    vmask = voiced & frame_mask
+    logf0 = jnp.log(jnp.maximum(f0, 1.0) / F0_REF_HZ)
+    f0_l1 = (jnp.where(vmask, jnp.abs(pred[..., 0] - logf0), 0.0).sum() /
+             jnp.maximum(vmask.sum(), 1))
+    logit = pred[..., 1]
+    bce = (jnp.maximum(logit, 0.0) - logit * voiced +
+           jnp.log1p(jnp.exp(-jnp.abs(logit))))  # sigmoid cross-entropy
+    nframes = jnp.maximum(frame_mask.sum(), 1)
+    bce = jnp.where(frame_mask, bce, 0.0).sum() / nframes
+    vuv = (jnp.where(frame_mask, (pred[..., 1] > 0) != voiced, False).sum() /
+           nframes)
+    loss = stft + c.f0_weight * (f0_l1 + bce)
+    aux = {"stft": stft, "sc": parts["sc"], "log_mag": parts["log_mag"],
+           "f0_l1": f0_l1, "vuv_error": vuv}
+    return loss, aux
+
+
+def nsf_loss(model: NSFWaveNet, batch: VocoderBatch
+            ) -> Tuple[Array, Dict[str, Array]]:
+  """``loss_fn(model, batch) -> (loss, aux)`` for ``metatts.functional``."""
+  return model.loss(batch)
+
+
+@nnx.jit
+def synthesize_jit(model: NSFWaveNet, mels: Array, key: Array) -> Array:
+  """Jitted :meth:`NSFWaveNet.__call__` (one compile per mel shape)."""
+  return model(mels, key)
+
+
+# ----------------------------------------------------------------------------
+# F0 targets
+# ----------------------------------------------------------------------------
+
+
+def analyse_f0(audio: np.ndarray, num_frames: int, sample_rate: int,
+               hop_length: int, f0_floor: float = 50.0,
+               f0_ceil: float = 800.0) -> np.ndarray:
+  """F0 in Hz (0 = unvoiced) at the mel's frame times ``t * hop``.
+
+  WORLD's DIO followed by StoneMask refinement (pyworld, the ``audio``
+  extra), with a frame period of ``hop / sample_rate`` so that frame ``t``
+  is centred on sample ``t * hop``, like ``log_mel_spectrogram``'s centred
+  frames; cut or zero-padded to ``num_frames``.
+
+  Args:
+    audio: [S] float waveform.
+    num_frames: frames of the clip's mel.
+    sample_rate: Hz.
+    hop_length: samples per mel frame.
+    f0_floor, f0_ceil: DIO's search range (Hz).
+
+  Returns:
+    float32 [num_frames].
+  """
+  try:
+    import pyworld  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "metatts.models.nsf.analyse_f0 needs pyworld for its F0 targets; "
+        "install the audio extra: pip install -e '.[audio]'.") from e
+  x = np.ascontiguousarray(np.asarray(audio, np.float64))
+  period = 1000.0 * hop_length / sample_rate
+  f0, t = pyworld.dio(x, sample_rate, f0_floor=f0_floor, f0_ceil=f0_ceil,
+                      frame_period=period)
+  f0 = pyworld.stonemask(x, f0, t, sample_rate)
+  out = np.zeros(num_frames, np.float32)
+  m = min(num_frames, f0.shape[0])
+  out[:m] = f0[:m]
+  return out
+
+
+__all__ = ["F0_REF_HZ", "NSFConfig", "NSFWaveNet", "analyse_f0",
+           "excitation", "f0_from_prediction", "multi_resolution_stft_loss",
+           "nsf_config", "nsf_loss", "synthesize_jit"]

@@ -1,0 +1,191 @@
+"""Tests of the source-filter WaveNet vocoder (metatts.models.nsf)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from metatts import functional
+from metatts import vocoders
+from metatts.audio import features as afeat
+from metatts.data.features import FeatureConfig
+from metatts.models import nsf
+from metatts.models import wavenet
+from metatts.training import export
+from metatts.types import VocoderBatch
+
+SR = 16000
+HOP = 80
+N_MELS = 8
+
+
+def _cfg(**kw):
+  base = dict(n_mels=N_MELS, sample_rate=SR, hop_length=HOP,
+              upsample_factors=(8, 10),
+              stft_resolutions=((128, 32, 128), (64, 16, 64)))
+  base.update(kw)
+  return nsf.nsf_config("tiny", **base)
+
+
+def test_excitation_is_the_closed_form_harmonic_sum():
+  """Noise-free excitation = sum of sines at k * F0 with the drawn phases."""
+  f0 = jnp.array([[100.0, 100.0, 0.0, 7000.0]])
+  e = nsf.excitation(f0, jax.random.key(0), hop_length=HOP, sample_rate=SR,
+                     harmonics=3, sine_amp=0.1, noise_std=0.0)
+  assert e.shape == (1, 4 * HOP, 3)
+  e = np.asarray(e)
+  # Voiced frames at 100 Hz: column k-1 is 0.1 sin(2 pi k 100 n / SR + phi),
+  # i.e. it obeys x[n+1] + x[n-1] = 2 cos(2 pi k 100 / SR) x[n] exactly and
+  # reaches its amplitude within the period (160 samples).
+  for k in range(1, 4):
+    x = e[0, :2 * HOP, k - 1]
+    assert 0.099 < np.max(np.abs(x)) <= 0.1 + 1e-6
+    c = np.cos(2 * np.pi * k * 100 / SR)
+    np.testing.assert_allclose(x[2:] + x[:-2], 2 * c * x[1:-1], atol=1e-5)
+  # Unvoiced frame (F0 = 0): no sine; its noise has std sine_amp / 3
+  # whatever noise_std is.
+  unvoiced = e[0, 2 * HOP:3 * HOP]
+  assert np.allclose(unvoiced, unvoiced[:, :1])  # the same noise in every column
+  assert 0.02 < unvoiced[:, 0].std() < 0.05
+  # 7 kHz: the second and third harmonics are above Nyquist (8 kHz): zero.
+  high = e[0, 3 * HOP:, :]
+  assert np.abs(high[:, 0]).max() > 0.05
+  np.testing.assert_array_equal(high[:, 1:], 0.0)
+
+
+def test_stft_loss_closed_forms():
+  """pred = a * target: spectral convergence |1 - a|, log-magnitude |log a|."""
+  x = jax.random.normal(jax.random.key(1), (2, 2048))
+  res = ((256, 64, 256), (128, 32, 96))
+  loss, parts = nsf.multi_resolution_stft_loss(x, x, res, SR)
+  assert float(loss) == pytest.approx(0.0, abs=1e-6)
+  for a in (0.5, 2.0):
+    loss, parts = nsf.multi_resolution_stft_loss(a * x, x, res, SR)
+    assert float(parts["sc"]) == pytest.approx(abs(1 - a), rel=1e-3)
+    assert float(parts["log_mag"]) == pytest.approx(abs(np.log(a)), rel=1e-2)
+    assert float(loss) == pytest.approx(abs(1 - a) + abs(np.log(a)),
+                                        rel=1e-2)
+
+
+def test_analyse_f0_finds_the_pitch_at_the_mel_frames():
+  pytest.importorskip("pyworld")
+  t = np.arange(SR) / SR  # 1 s of a 180 Hz pulse-like tone, then silence
+  x = sum(np.sin(2 * np.pi * 180 * k * t) / k for k in range(1, 6))
+  x = np.concatenate([0.3 * x / np.abs(x).max(), np.zeros(SR // 2)])
+  mel_frames = 1 + x.size // 200
+  f0 = nsf.analyse_f0(x, mel_frames, SR, 200)
+  assert f0.shape == (mel_frames,) and f0.dtype == np.float32
+  voiced = f0[10:70]  # well inside the tone (frames of 12.5 ms)
+  np.testing.assert_allclose(voiced, 180.0, rtol=0.02)
+  assert np.all(f0[90:] == 0)  # silence is unvoiced
+
+
+def test_vocoder_batch_windows_f0_with_the_mel():
+  rng = np.random.default_rng(0)
+  frames = 30
+  mel = np.arange(frames, dtype=np.float32)[:, None] * np.ones((1, N_MELS))
+  audio = rng.normal(size=frames * HOP).astype(np.float32)
+  f0 = 100.0 + np.arange(frames, dtype=np.float32)
+  b = wavenet.make_vocoder_batch(rng, [(mel, audio, f0)] * 3, 8, HOP)
+  assert b.f0.shape == (3, 8) and b.mels.shape == (3, 8, N_MELS)
+  # The F0 of each window's frame i is the one of the mel's frame i.
+  np.testing.assert_array_equal(b.f0, 100.0 + b.mels[..., 0])
+  starts = b.mels[:, 0, 0].astype(int)
+  for i, s in enumerate(starts):
+    np.testing.assert_array_equal(b.audio[i], audio[s * HOP:(s + 8) * HOP])
+  assert wavenet.make_vocoder_batch(rng, [(mel, audio)], 8, HOP).f0 is None
+  with pytest.raises(ValueError, match="every clip"):
+    wavenet.make_vocoder_batch(rng, [(mel, audio), (mel, audio, f0)], 8, HOP)
+  with pytest.raises(ValueError, match="F0 has 29 frames"):
+    wavenet.make_vocoder_batch(rng, [(mel, audio, f0[:-1])], 8, HOP)
+
+
+def _batch(seed=0, frames=12, batch=2):
+  """Harmonic 'speech': its F0 is known, its mel is its log-mel."""
+  rng = np.random.default_rng(seed)
+  mc = afeat.MelConfig(sample_rate=SR, n_fft=256, win_length=200,
+                       hop_length=HOP, n_mels=N_MELS, fmin=0.0, fmax=None)
+  mels, audios, f0s = [], [], []
+  for _ in range(batch):
+    hz = rng.uniform(100, 200)
+    t = np.arange(frames * HOP) / SR
+    a = sum(0.2 / k * np.sin(2 * np.pi * hz * k * t) for k in range(1, 4))
+    mel = np.asarray(afeat.log_mel_spectrogram(jnp.asarray(a, jnp.float32),
+                                               mc))[:frames]
+    mels.append(mel)
+    audios.append(a.astype(np.float32))
+    f0s.append(np.full(frames, hz, np.float32))
+  return VocoderBatch(mels=jnp.asarray(np.stack(mels)),
+                      audio=jnp.asarray(np.stack(audios)),
+                      audio_lengths=jnp.full((batch,), frames * HOP,
+                                             jnp.int32),
+                      speaker_ids=jnp.zeros((batch,), jnp.int32),
+                      f0=jnp.asarray(np.stack(f0s)))
+
+
+def test_loss_is_pure_masks_padding_and_training_lowers_it():
+  graphdef, params, rest = functional.split(
+      nsf.NSFWaveNet(_cfg(), rngs=nnx.Rngs(0)))
+  loss_fn = functional.make_loss_fn(graphdef, rest)
+  batch = _batch()
+  step_fn = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b)[0]))
+  l0, _ = step_fn(params, batch)
+  l0b, _ = step_fn(params, batch)
+  assert float(l0) == float(l0b)  # the excitation's key comes from the batch
+  # Audio, mels and F0 after audio_lengths never change the loss.
+  short = batch._replace(audio_lengths=jnp.array([5 * HOP, 12 * HOP]))
+  noisy = short._replace(audio=short.audio.at[0, 5 * HOP:].add(0.5),
+                         mels=short.mels.at[0, 5:].add(3.0),
+                         f0=short.f0.at[0, 5:].set(0.0))
+  loss_jit = jax.jit(loss_fn)
+  a_short, a_noisy = loss_jit(params, short), loss_jit(params, noisy)
+  np.testing.assert_allclose(float(a_short[0]), float(a_noisy[0]), rtol=1e-6)
+  assert float(a_short[0]) != float(l0)  # the mask does take effect
+  aux = a_short[1]
+  assert set(aux) == {"stft", "sc", "log_mag", "f0_l1", "vuv_error"}
+  opt = optax.adam(3e-3)
+  state = opt.init(params)
+  p = params
+  for _ in range(30):
+    _, g = step_fn(p, batch)
+    u, state = opt.update(g, state, p)
+    p = optax.apply_updates(p, u)
+  l1, _ = step_fn(p, batch)
+  assert float(l1) < 0.8 * float(l0), (float(l0), float(l1))
+  # F0 without a target is a clear error.
+  with pytest.raises(ValueError, match="VocoderBatch.f0"):
+    loss_fn(params, batch._replace(f0=None))
+
+
+def test_vocoder_from_an_export_synthesizes_the_predicted_f0(tmp_path):
+  cfg = _cfg()
+  model = nsf.NSFWaveNet(cfg, rngs=nnx.Rngs(3))
+  _, params, _ = functional.split(model)
+  fc = FeatureConfig(sample_rate=SR, n_fft=256, win_length=200,
+                     hop_length=HOP, n_mels=N_MELS)
+  out = str(tmp_path / "vocoder" / "model")
+  export.export_model(out, method="vocoder-transfer", model_name="nsf",
+                      model_config=cfg, params=params, feature_config=fc,
+                      symbols="characters", speakers=[],
+                      adapt={"filter": "all", "optimizer": "sgd", "lr": 0.01,
+                             "default_steps": 5, "speaker_slot": 0})
+  voc = vocoders.load_vocoder(out, out, fc.mel_config())
+  assert isinstance(voc, vocoders.NSFVocoder) and voc.name == "nsf"
+  mel = np.random.default_rng(0).normal(-4, 2, (37, N_MELS)).astype(
+      np.float32)
+  key = jax.random.key(5)
+  a = voc(mel, key)
+  assert a.shape == (37 * HOP,) and a.dtype == np.float32
+  assert np.all(np.isfinite(a))
+  np.testing.assert_array_equal(a, voc(mel, key))  # same key, same audio
+  # Synthesis = the filter excited by the predicted F0.
+  padded = np.pad(mel, ((0, 64 - 37), (0, 0)), constant_values=mel.min())
+  m = jnp.asarray(padded)[None]
+  f0 = nsf.f0_from_prediction(model.predict_f0(m))
+  ref = np.asarray(model.filter(m, f0, key))[0, :37 * HOP]
+  np.testing.assert_allclose(a, ref, atol=1e-5)
+  assert os.path.isfile(os.path.join(out, "model.json"))
