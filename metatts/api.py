@@ -114,6 +114,7 @@ AdaptationInterrupted = voice_lib.AdaptationInterrupted
 Clip = clips_lib.Clip
 GriffinLimVocoder = vocoders.GriffinLimVocoder
 WaveNetVocoder = vocoders.WaveNetVocoder
+NSFVocoder = vocoders.NSFVocoder
 _bucket = clips_lib.bucket
 
 VOICE_FORMAT = "metatts-voice"
@@ -235,7 +236,7 @@ class TTS:
 
   Build it with :func:`load`. Attributes: ``model_dir``, ``info`` (the
   export's ``model.json``), ``feature_config``, ``symbols``, ``speakers``,
-  ``vocoder`` (``.name`` is 'wavenet' or 'griffin-lim'), ``params``.
+  ``vocoder`` (``.name`` is 'nsf', 'wavenet' or 'griffin-lim'), ``params``.
   """
 
   def __init__(self, model: Any, params: Any, info: Dict[str, Any],
@@ -706,7 +707,7 @@ class Voice:
           extra=tts.lrs,
           info={k: v for k, v in info.items() if k not in standard},
           where=directory)
-      if isinstance(voc, vocoders.WaveNetVocoder):
+      if isinstance(voc, (vocoders.WaveNetVocoder, vocoders.NSFVocoder)):
         shutil.copytree(voc.directory, os.path.join(tmp, "vocoder", "model"))
       atomic.write_text(os.path.join(tmp, VOICE_FILE),
                         json.dumps(record, indent=1))
@@ -873,9 +874,9 @@ def validate_voice_record(record: Any, path: str,
   slot = record["speaker_slot"]
   if not records.is_int(slot) or slot < 0:
     bad("speaker_slot", f"is {slot!r}, not an integer >= 0")
-  if record.get("vocoder") not in (None, "griffin-lim", "wavenet"):
+  if record.get("vocoder") not in (None, "griffin-lim", "wavenet", "nsf"):
     bad("vocoder", f"is {record['vocoder']!r}",
-        f"use 'griffin-lim' or 'wavenet' {again}")
+        f"use 'griffin-lim', 'wavenet' or 'nsf' {again}")
   for key in ("sample_rate", "steps"):
     value = record.get(key)
     if value is not None and (not records.is_int(value) or value < 0 or
@@ -919,5 +920,5 @@ def validate_voice_record(record: Any, path: str,
 
 
 __all__ = ["AdaptationInterrupted", "Clip", "GriffinLimVocoder", "TTS",
-           "Voice", "WaveNetVocoder", "check_steps", "check_voice_target", "load", "load_voice", "params_hash",
+           "Voice", "NSFVocoder", "WaveNetVocoder", "check_steps", "check_voice_target", "load", "load_voice", "params_hash",
            "resolve_model_dir", "validate_voice_record"]

@@ -83,7 +83,7 @@ _FILE_SECONDS = {
     "test_sinusoid.py": 33, "test_evaluation_judges.py": 32,
     "test_cli.py": 29, "test_reliability.py": 25,
     "test_compile_cache.py": 25, "test_meta_devices.py": 25,
-    "test_launcher.py": 24, "test_synth.py": 24,
+    "test_launcher.py": 24, "test_synth.py": 24, "test_nsf.py": 50,
 }
 
 

@@ -364,29 +364,32 @@ def test_voice_loads_after_the_base_model_is_gone(tmp_path, clips):
   assert loaded.info["clips"] == [f"clip {i} (array)" for i in range(5)]
 
 
-def test_wavenet_vocoder_from_workdir(workdir, tmp_path, voice):
-  from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("kind", ["wavenet", "nsf"])
+def test_trained_vocoder_from_workdir(workdir, tmp_path, voice, kind):
+  """A WORKDIR/vocoder/model export is the default vocoder; voices copy it."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from metatts import models  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "wd")
   shutil.copytree(workdir, wd)
-  config = wavenet.wavenet_config("tiny", n_mels=20, sample_rate=SR,
-                                  hop_length=80, upsample_factors=(8, 10),
-                                  stacks=1, layers_per_stack=3)
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  _, params, _ = functional.split(wavenet.WaveNet(config, rngs=nnx.Rngs(0)))
+  common = dict(n_mels=20, sample_rate=SR, hop_length=80,
+                upsample_factors=(8, 10), stacks=1, layers_per_stack=3)
+  config = models.model_config(kind, {"size": "tiny", **common})
+  _, params, _ = functional.split(models.build_model(kind, config,
+                                                     nnx.Rngs(0)))
   export.export_model(os.path.join(wd, "vocoder", "model"),
-                      method="vocoder", model_name="wavenet",
+                      method="vocoder", model_name=kind,
                       model_config=config, params=params,
                       feature_config=FEATURES, symbols="characters",
                       speakers=[], adapt=ADAPT)
   tts = api.load(wd)
-  assert tts.vocoder.name == "wavenet"
+  assert tts.vocoder.name == kind
   v = api.Voice(tts, voice.params, voice.speaker_slot, voice.info)
   audio, sr, mel = v.synthesize("Still here.", return_mel=True)
   assert sr == SR and np.all(np.isfinite(audio))
   assert audio.shape[0] == mel.shape[0] * FEATURES.hop_length
   out = v.save(str(tmp_path / "v"))
   assert os.path.isfile(os.path.join(out, "vocoder", "model", "model.json"))
-  assert api.load_voice(out).tts.vocoder.name == "wavenet"
+  assert api.load_voice(out).tts.vocoder.name == kind
   assert api.load(wd, vocoder="griffin-lim").vocoder.name == "griffin-lim"
 
 

@@ -57,7 +57,8 @@ CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
 TTS_CONFIGS = [("quickstart", None), ("quickstart", "quickstart"),
                ("quickstart", "smoke"), ("base", None), ("base", "study"),
                ("base", "large"), ("full", None), ("full", "vctk"),
-               ("full", "libritts"), ("vocoder", None), ("vocoder", "smoke")]
+               ("full", "libritts"), ("vocoder", None), ("vocoder", "meta"),
+               ("vocoder", "smoke")]
 SINUSOID_ARGS = [None, "maml", "fomaml,smoke", "reptile,quick",
                  "metasgd,paper", "imaml,smoke", "pretrain,smoke"]
 BAD_ARGS = {"quickstart": ("quickstart", "smoke"), "base": ("study", "large"),
@@ -195,7 +196,7 @@ def test_tts_config_values_are_valid(case, param_counts):
                                       ("quickstart", "smoke"),
                                       ("base", "study"), ("base", "large"),
                                       ("full", "vctk"), ("full", "libritts"),
-                                      ("vocoder", "study"),
+                                      ("vocoder", "study"), ("vocoder", "meta"),
                                       ("vocoder", "smoke")])
 def test_docstring_names_the_exact_command(name, arg):
   doc = load_module(name).__doc__

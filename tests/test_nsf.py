@@ -189,3 +189,42 @@ def test_vocoder_from_an_export_synthesizes_the_predicted_f0(tmp_path):
   ref = np.asarray(model.filter(m, f0, key))[0, :37 * HOP]
   np.testing.assert_allclose(a, ref, atol=1e-5)
   assert os.path.isfile(os.path.join(out, "model.json"))
+
+
+def test_vocoder_experiment_smoke(tmp_path):
+  """experiments/configs/vocoder.py:smoke end to end: train, export,
+  held-out loss after adaptation, every reference clip resynthesized."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  from metatts import experiments  # pylint: disable=g-import-not-at-top
+  from tts_smoke import REPO  # pylint: disable=g-import-not-at-top
+  from tts_smoke import smoke_config  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, "experiments", "configs", "vocoder.py")
+  spec = importlib.util.spec_from_file_location("_vocoder_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("smoke")
+  where = smoke_config(str(tmp_path))
+  c.data.root, c.data.cache_dir = where.data.root, where.data.cache_dir
+  c.progress = False
+  w = str(tmp_path / "run")
+  result = experiments.run(c, w)
+  v = result["vocoder"]
+  assert v["model"] == "nsf" and "heldout_nll" not in v
+  for split, by_shots in v["heldout_loss"].items():
+    cells = by_shots["1"]
+    assert set(cells) == {"0", "2"} and all(np.isfinite(list(cells.values())))
+  info = json.load(open(os.path.join(w, "vocoder", "model", "model.json")))
+  assert info["model"] == "nsf" and info["method"] == "vocoder-transfer"
+  refs = sorted(os.path.relpath(os.path.join(d, f), os.path.join(
+      w, "samples", "reference")) for d, _, fs in os.walk(
+          os.path.join(w, "samples", "reference")) for f in fs
+                if f.endswith(".wav"))
+  assert refs and result["clips"] == len(refs)
+  for rel in refs:
+    real, sr = sf.read(os.path.join(w, "samples", "reference", rel))
+    voc, sr2 = sf.read(os.path.join(w, "samples", "vocoded", rel))
+    assert sr == sr2 and voc.shape == real.shape
+  assert json.load(open(os.path.join(w, "vocoder.json")))["clips"] == len(
+      refs)

@@ -130,6 +130,8 @@ def default_config() -> ml_collections.ConfigDict:
   # "wavenet" (autoregressive, NLL) or "nsf" (source-filter, spectral loss).
   c.vocoder.model = "wavenet"
   c.vocoder.method = "meta-reptile"
+  # An export to start from (e.g. a pre-trained vocoder for meta-learning).
+  c.vocoder.init_from = ""
   c.vocoder.size = "tiny"
   c.vocoder.upsample_factors = (10, 20)
   c.vocoder.num_steps = 100

@@ -513,6 +513,7 @@ def tts_rules() -> Dict[str, Any]:
       "vocoder.enabled": Bool(),
       "vocoder.method": Str(_tts_method_names),
       "vocoder.model": Str(_vocoder_models),
+      "vocoder.init_from": Str(empty=True),
       "vocoder.size": Str(_vocoder_sizes),
       "vocoder.upsample_factors": Ints(1, example="(10,20)"),
       "vocoder.num_steps": Int(1),

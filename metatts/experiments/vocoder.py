@@ -122,6 +122,16 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
   model_name, vcfg = _vocoder_model_config(config, fc)
   graphdef, params0, rest = base.build_params(model_name, vcfg,
                                               int(config.seed))
+  init_from = str(v.get("init_from", "") or "")
+  if init_from:  # e.g. meta-learning from a pre-trained vocoder's export
+    _, params0, info, _ = export.load_exported(os.path.expanduser(init_from))
+    if info.get("model") != model_name or info.get("model_config") != (
+        export.config_to_dict(vcfg)):
+      raise ValueError(
+          f"config.vocoder.init_from={init_from!r} holds a {info.get('model')}"
+          f" vocoder whose config differs from config.vocoder's "
+          f"({model_name}, size {v.size}); point it at an export of the same"
+          " model and size.")
   loss_fn = functional.make_loss_fn(graphdef, rest)
   speakers = sorted(data.train)
   if int(v.max_speakers) and len(speakers) > int(v.max_speakers):
@@ -140,7 +150,8 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
       inner_steps={learner_name: int(v.inner_steps)},
       reptile_epsilon=float(config.train.reptile_epsilon),
       imaml_lam=float(config.train.imaml_lam),
-      imaml_cg_steps=int(config.train.imaml_cg_steps)))
+      imaml_cg_steps=int(config.train.imaml_cg_steps),
+      task_map=str(config.train.get("task_map", "vmap"))))
   learner = base.learner_for(learner_name, vt, "all")
 
   def factory(data_key, start_step):
@@ -155,7 +166,7 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
 
   vdir = os.path.join(workdir, "vocoder")
   _say(f"[vocoder] {model_name} {v.size}, {v.method}: {v.num_steps} steps on "
-       f"{len(clips)} speakers")
+       f"{len(clips)} speakers" + (f", from {init_from}" if init_from else ""))
   start = time.perf_counter()
   result = loop.train(learner, loss_fn, params0, factory,
                       base.loop_config(config, int(v.num_steps)), vdir,
