@@ -54,7 +54,10 @@ def _vocoder_model_config(config, fc):
                 upsample_factors=tuple(v.upsample_factors))
   if name == "nsf":
     from metatts.models import nsf  # pylint: disable=g-import-not-at-top
-    return name, nsf.nsf_config(v.size, **common)
+    # The envelope inverts the features' own mel.
+    return name, nsf.nsf_config(
+        v.size, n_fft=fc.n_fft, win_length=fc.win_length, fmin=fc.fmin,
+        fmax=fc.fmax, log_floor=fc.log_floor, **common)
   if name == "wavenet":
     from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
     return name, wavenet.wavenet_config(v.size, **common)

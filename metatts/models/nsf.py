@@ -17,10 +17,18 @@ neural source-filter models of Wang, Takaki and Yamagishi (2019).
   the clip (``VocoderBatch.f0``, WORLD DIO + StoneMask at the mel's frame
   times) and fits the predictor to it; synthesis uses the prediction, so the
   vocoder needs nothing but a mel (a Tacotron's output works).
+* **Envelope** (``envelope=True``, the default). A full-band excitation
+  (unit harmonics of F0 up to Nyquist, or unit noise where unvoiced) is
+  shaped in the STFT domain by the spectral envelope the mel itself gives
+  back (the pseudo-inverse of the mel filterbank), as LPCNet computes its
+  linear prediction from the features (:func:`shaped_excitation`). This DSP
+  signal is both an input of the filter and, times a learned gain, the base
+  of the output; the filter adds its correction (its last layer starts at
+  zero, so the untrained model is the DSP vocoder).
 * **Filter.** ``metatts.models.wavenet.ResidualLayer`` blocks (dilations
-  ``1, 2, ..., 2**(L-1)`` per stack) over the source, conditioned on the mel
-  through WaveNet's transposed-convolution upsampler; the skip sum becomes
-  one sample per step.
+  ``1, 2, ..., 2**(L-1)`` per stack) over the source (and the shaped
+  excitation), conditioned on the mel through WaveNet's transposed-
+  convolution upsampler; the skip sum becomes one sample per step.
 * **Loss.** Multi-resolution STFT loss (spectral convergence + log-magnitude
   L1, averaged over three resolutions; Yamamoto, Song and Kim 2020, Arik et
   al. 2019) plus the F0 predictor's loss (voicing BCE + L1 on log F0 over
@@ -40,6 +48,8 @@ References:
     multi-head convolutional neural networks", IEEE SPL 2019 (spectral
     convergence + log-magnitude loss).
   M. Morise, F. Yokomori, K. Ozawa, "WORLD", IEICE Trans. 2016 (F0 targets).
+  J.-M. Valin, J. Skoglund, "LPCNet: Improving neural speech synthesis
+    through linear prediction", ICASSP 2019 (the envelope from the features).
 """
 
 from __future__ import annotations
@@ -80,6 +90,12 @@ class NSFConfig:
       ``WaveNetConfig``.
     stft_resolutions: ``(n_fft, hop, win)`` triples of the spectral loss.
     f0_weight: weight of the F0 predictor's loss.
+    envelope: shape a full-band excitation with the mel's own spectral
+      envelope before the filter (below); False feeds the filter the
+      source alone, as NSF does.
+    n_fft, win_length, fmin, fmax, log_floor: the mel features' STFT and
+      filterbank (``metatts.audio.MelConfig``), used to invert the mel into
+      the envelope; they must be the acoustic features'.
     max_frames: longest accepted mel (frames).
     dtype: compute dtype, ``"float32"`` or ``"bfloat16"``.
   """
@@ -102,6 +118,12 @@ class NSFConfig:
   stft_resolutions: Tuple[Tuple[int, int, int], ...] = (
       (512, 100, 400), (1024, 200, 800), (256, 50, 200))
   f0_weight: float = 1.0
+  envelope: bool = True
+  n_fft: int = 1024
+  win_length: int = 800
+  fmin: float = 55.0
+  fmax: Optional[float] = 7600.0
+  log_floor: float = 1e-5
   max_frames: int = 4000
   dtype: str = "float32"
   # Fixed: read by the voice path like WaveNet's (a voice's vocoder has no
@@ -122,6 +144,14 @@ class NSFConfig:
         raise ValueError(
             f"NSFConfig.stft_resolutions has (n_fft={n_fft}, hop={hop}, "
             f"win={win}); each needs 0 < hop <= win <= n_fft.")
+
+  def mel_config(self) -> afeat.MelConfig:
+    """The features' mel config (the envelope inverts it)."""
+    return afeat.MelConfig(
+        sample_rate=self.sample_rate, n_fft=self.n_fft,
+        win_length=self.win_length, hop_length=self.hop_length,
+        n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax,
+        log_floor=self.log_floor)
 
   def filter_config(self) -> wavenet.WaveNetConfig:
     """The WaveNet config of the filter stack (shared residual layers)."""
@@ -151,12 +181,13 @@ _SIZES: Dict[str, Dict[str, Any]] = {
                  residual_channels=8, gate_channels=8, skip_channels=8,
                  cond_channels=8, frame_channels=16, harmonics=4),
     # The CPU study (docs/results/vocoder.md): 2 x 8 layers of kernel 3,
-    # receptive field 1021 samples (64 ms at 16 kHz).
-    "base": dict(),
+    # receptive field 1021 samples (64 ms at 16 kHz); 64 harmonics reach
+    # Nyquist for F0 >= 125 Hz.
+    "base": dict(harmonics=64),
     # GPU-sized: 3 x 10 layers, receptive field 6139 samples.
     "full": dict(stacks=3, layers_per_stack=10, residual_channels=64,
                  gate_channels=64, skip_channels=64, cond_channels=64,
-                 frame_channels=128),
+                 frame_channels=128, harmonics=64),
 }
 
 
@@ -219,6 +250,62 @@ def excitation(f0_frames: Array, key: Array, *, hop_length: int,
   std = jnp.where(voiced, noise_std, sine_amp / 3)
   noise = std * jax.random.normal(nkey, f0.shape + (1,))
   return sines + noise
+
+
+def shaped_excitation(mels: Array, f0_frames: Array, key: Array,
+                      mel_config: afeat.MelConfig, harmonics: int) -> Array:
+  """A full-band excitation shaped by the mel's spectral envelope.
+
+  The DSP half of the vocoder, in the spirit of LPCNet's (Valin and Skoglund
+  2019) spectral envelope computed from the features: unit-amplitude
+  harmonics of F0 (voiced frames) or unit Gaussian noise (unvoiced frames)
+  are analysed with the features' STFT; each frame is divided by its own
+  envelope and multiplied by the envelope that the mel gives back (both
+  measured the same way: the mel of the magnitude, then ``mel_to_linear``,
+  the non-negative pseudo-inverse of the filterbank), so the shaped frame
+  has the target's mel whatever the harmonic spacing, and the result is
+  overlap-added back. With the clip's own F0 this alone resynthesizes
+  speech (docs/results/vocoder.md); the WaveNet filter learns what it
+  misses.
+
+  Args:
+    mels: [B, F, M] log-mel.
+    f0_frames: [B, F] Hz, 0 = unvoiced.
+    key: PRNG key (harmonic phases, noise).
+    mel_config: the features' mel config.
+    harmonics: number of harmonics (those above Nyquist are dropped).
+
+  Returns:
+    [B, F * hop] float32.
+  """
+  hop = mel_config.hop_length
+  sr = mel_config.sample_rate
+  bsz, frames = f0_frames.shape
+  f0 = jnp.repeat(jnp.asarray(f0_frames, jnp.float32), hop, axis=1)
+  k = jnp.arange(1, harmonics + 1, dtype=jnp.float32)
+  pkey, nkey = jax.random.split(key)
+  cycles = jnp.cumsum(f0 / sr, axis=1) % 1.0
+  phi = jax.random.uniform(pkey, (bsz, 1, harmonics))
+  on = (f0[..., None] * k < sr / 2) & (f0[..., None] > 0)
+  harm = jnp.where(on, jnp.sin(2 * jnp.pi * (cycles[..., None] * k + phi)),
+                   0.0).sum(-1)  # [B, S]
+  noise = jax.random.normal(nkey, f0.shape)
+  voiced = (f0_frames > 0).astype(jnp.float32)
+  voiced = jnp.concatenate([voiced, voiced[:, -1:]], axis=1)[..., None]
+  spec = (afeat.stft(harm, mel_config) * voiced +
+          afeat.stft(noise, mel_config) * (1.0 - voiced))  # [B, F + 1, K]
+  # Whiten the excitation by its own envelope, measured exactly as the
+  # speech's (mel of the magnitude, then the pseudo-inverse), so that the
+  # shaped signal's mel is the target mel whatever the harmonic spacing.
+  fb = jnp.asarray(afeat.mel_filterbank(mel_config))  # [M, K]
+  own = jnp.einsum("btk,mk->btm", jnp.abs(spec), fb,
+                   precision=jax.lax.Precision.HIGHEST)
+  own = afeat.mel_to_linear(jnp.log(jnp.maximum(own, mel_config.log_floor)),
+                            mel_config)
+  env = afeat.mel_to_linear(mels.astype(jnp.float32), mel_config)  # [B,F,K]
+  env = jnp.concatenate([env, env[:, -1:]], axis=1)  # stft gives F + 1
+  scale = env / (own + 1e-3 * jnp.mean(own, axis=-1, keepdims=True) + 1e-8)
+  return afeat.istft(spec * scale, mel_config, length=frames * hop)
 
 
 def batch_key(audio: Array) -> Array:
@@ -290,12 +377,22 @@ class NSFWaveNet(nnx.Module):
     self.merge = nnx.Linear(c.harmonics, 1, **kw)
     # Filter: WaveNet's residual layers over the excitation.
     self.upsampler = wavenet.ConditionUpsampler(fc, rngs=rngs)
-    self.input_proj = nnx.Linear(1, c.residual_channels, **kw)
+    self.input_proj = nnx.Linear(2 if c.envelope else 1, c.residual_channels,
+                                 **kw)
     self.layers = nnx.List([
         wavenet.ResidualLayer(fc, 2 ** i, rngs=rngs)
         for _ in range(c.stacks) for i in range(c.layers_per_stack)])
     self.out1 = nnx.Linear(c.skip_channels, c.skip_channels, **kw)
-    self.out2 = nnx.Linear(c.skip_channels, 1, **kw)
+    if c.envelope:
+      # The output is gain * shaped + the filter's correction, which starts
+      # at zero: before training the model is the DSP vocoder.
+      self.out2 = nnx.Linear(c.skip_channels, 1, dtype=dt,
+                             kernel_init=nnx.initializers.zeros_init(),
+                             rngs=rngs)
+      self.gain = nnx.Param(jnp.ones((), jnp.float32))
+    else:
+      self.out2 = nnx.Linear(c.skip_channels, 1, **kw)
+      self.gain = None
 
   def check_mels(self, mels: Any) -> None:
     c = self.config
@@ -322,13 +419,26 @@ class NSFWaveNet(nnx.Module):
     dense = wavenet.dense
     source = jnp.tanh(dense(self.merge, e.astype(c.compute_dtype)))
     cond = self.upsampler(mels, frame_mask)
+    shaped = None
+    if c.envelope:
+      floor = math.log(c.log_floor)
+      env_mels = mels if frame_mask is None else jnp.where(
+          frame_mask[..., None], mels, floor)
+      shaped = shaped_excitation(env_mels, f0_frames,
+                                 jax.random.fold_in(key, 1), c.mel_config(),
+                                 c.harmonics)
+      source = jnp.concatenate([shaped[..., None].astype(source.dtype),
+                                source], axis=-1)
     x = dense(self.input_proj, source)  # [B, S, R]
     skips = None
     for layer in self.layers:
       x, s = layer(x, cond, None)
       skips = s if skips is None else skips + s
     h = jax.nn.relu(dense(self.out1, jax.nn.relu(skips)))
-    return dense(self.out2, h)[..., 0].astype(jnp.float32)
+    out = dense(self.out2, h)[..., 0].astype(jnp.float32)
+    if shaped is not None:
+      out = out + self.gain[...] * shaped
+    return out
 
   def __call__(self, mels: Array, key: Array) -> Array:
     """Synthesis: [B, F, M] -> [B, F * hop] with the predicted F0."""
@@ -369,7 +479,7 @@ class NSFWaveNet(nnx.Module):
     lengths = jnp.asarray(batch.audio_lengths, jnp.int32)
     mask = jnp.arange(n)[None, :] < lengths[:, None]
     frame_mask = jnp.arange(frames)[None, :] * c.hop_length < lengths[:, None]
-    f0 = jnp.asarray(batch.f0, jnp.float32)
+    f0 = jnp.where(frame_mask, jnp.asarray(batch.f0, jnp.float32), 0.0)
     target = jnp.where(mask, audio, 0.0)
     out = self.filter(batch.mels, f0, batch_key(target), frame_mask)
     stft, parts = multi_resolution_stft_loss(
