@@ -136,8 +136,8 @@ class NSFVocoder:
     hop = self.model.config.hop_length
     padded = _round_up(t, FRAME_BUCKET)
     # Padded with the clip's quietest level: silence, predicted unvoiced.
-    # Only the frame convolutions (F0 predictor, upsampler) let the last
-    # two real frames see the padding; the filter is causal in the samples.
+    # The frame convolutions and the envelope's STFT window (n_fft samples)
+    # let the last few real frames see that silence, as at any clip's end.
     floor = float(np.min(mel)) if mel.size else 0.0
     mel = np.pad(mel, ((0, padded - t), (0, 0)), constant_values=floor)
     audio = self._synthesize(self.model, jnp.asarray(mel)[None], key)

@@ -193,23 +193,13 @@ _SIZES: Dict[str, Dict[str, Any]] = {
 
 def nsf_config(size: str = "base", **overrides) -> NSFConfig:
   """The :class:`NSFConfig` of a named size (``tiny``/``base``/``full``)."""
-  if size not in _SIZES:
-    raise ValueError(
-        f"Unknown NSF size {size!r}; choose one of {sorted(_SIZES)}.")
-  fields = {f.name for f in dataclasses.fields(NSFConfig)}
-  bad = sorted(set(overrides) - fields)
-  if bad:
-    raise ValueError(f"Unknown NSFConfig field(s) {bad}; fields are "
-                     f"{sorted(fields)}.")
-  kw = dict(_SIZES[size])
-  kw.update(overrides)
-  for k in ("upsample_factors",):
-    if k in kw:
-      kw[k] = tuple(kw[k])
+  kw = dict(overrides)
+  if "upsample_factors" in kw:
+    kw["upsample_factors"] = tuple(kw["upsample_factors"])
   if "stft_resolutions" in kw:
     kw["stft_resolutions"] = tuple(tuple(int(v) for v in r)
                                    for r in kw["stft_resolutions"])
-  return NSFConfig(**kw)
+  return layers.sized_config(NSFConfig, _SIZES, size, kw, "NSF")
 
 
 # ----------------------------------------------------------------------------
