@@ -264,3 +264,17 @@ def test_plot_mels_shows_an_unreadable_clip_blank_instead_of_failing(
                          str(tmp_path / "m.png"))
   with open(png, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vocoder_only_metrics_need_the_vocoded_row(evaluated):
+  """A vocoder-only run (no method folders) has only the ceilings and the
+  vocoded row; without that row there is nothing to report."""
+  root, _ = evaluated
+  with open(os.path.join(root, "report", "metrics.json")) as f:
+    m = json.load(f)
+  ref = dict(m["reference"])
+  only = {"reference": {**ref, "vocoded": ref["real"]}}
+  schema.validate_metrics(only)
+  with pytest.raises(ValueError, match="no method entries"):
+    schema.validate_metrics({"reference": {k: v for k, v in ref.items()
+                                           if k != "vocoded"}})

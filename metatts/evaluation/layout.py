@@ -203,7 +203,7 @@ def scan_samples(workdir: str) -> Samples:
         if clips:
           methods.setdefault(name, {}).setdefault(int(km.group(1)), {})[
               int(sm.group(1))] = clips
-  if not methods:
+  if not methods and not vocoded:  # a vocoder-only run judges ceilings
     raise FileNotFoundError(
         f"no synthesized clips under {root}: expected "
         f"<method>/shots_<K>/steps_<S>/<speaker>/<utt_id>.wav (method keys "

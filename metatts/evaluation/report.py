@@ -44,6 +44,8 @@ def _focus_shots(samples: layout.Samples) -> int:
   for ks in samples.methods.values():
     for k in ks:
       counts[k] = counts.get(k, 0) + 1
+  if not counts:  # a vocoder-only run: ceilings and the vocoder, no methods
+    return 0
   best = max(counts.values())
   cands = sorted(k for k, c in counts.items() if c == best)
   return 5 if 5 in cands else cands[-1]

@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Dict, List, Mapping
@@ -198,7 +199,19 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
 
   chunk = jax.jit(chunk, static_argnums=(2,))
   table: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
-  for split, spk_map in data.heldout.items():
+  # The held-out table is saved, and reused by a rerun of the same protocol
+  # on the same trained vocoder (it takes minutes).
+  held_path = os.path.join(vdir, "heldout.json")
+  key = {"steps": steps, "shots": shots, "eval_speakers": int(v.eval_speakers),
+         "eval_clips": int(v.eval_clips), "lr": float(v.inner_lr),
+         "window_frames": int(v.window_frames), "trained_steps":
+         int(v.num_steps), "method": str(v.method), "seed": int(config.seed)}
+  if os.path.isfile(held_path):
+    with open(held_path) as f:
+      saved = json.load(f)
+    if saved.get("protocol") == key:
+      table = saved["per_speaker"]
+  for split, spk_map in ({} if table else data.heldout).items():
     for spk in sorted(spk_map)[:int(v.eval_speakers)]:
       exs = spk_map[spk]
       if len(exs) < max(shots) + 1:
@@ -219,6 +232,8 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
             done += n
           table.setdefault(split, {}).setdefault(str(k), {}).setdefault(
               str(s), []).append(float(nll(p, query)))
+  with open(held_path, "w") as f:
+    json.dump({"protocol": key, "per_speaker": table}, f, indent=1)
   summary = {split: {k: {s: float(np.mean(vals)) for s, vals in d2.items()}
                      for k, d2 in d1.items()} for split, d1 in table.items()}
   # The WaveNet's loss is its NLL; older readers look for that key.
@@ -283,7 +298,6 @@ def run(config, workdir: str) -> dict:
   vocoder side by side (``report/metrics.json`` rows ``real``,
   ``griffin_lim`` and ``vocoded``). Writes ``WORKDIR/vocoder.json``.
   """
-  import json  # pylint: disable=g-import-not-at-top
   from metatts.experiments import adaptation  # pylint: disable=g-import-not-at-top
   from metatts.experiments import tts  # pylint: disable=g-import-not-at-top
   t0, c0 = time.perf_counter(), time.process_time()
