@@ -19,6 +19,11 @@ experiment's vocoder stage runs (``experiment = "vocoder"``):
    their mels into ``samples/vocoded`` and judged (SECS, EER, MCD,
    PocketSphinx WER) beside the real clips and Griffin-Lim.
 
+Measured (docs/results/vocoder.md, session 9): the 4000 steps took
+about 48 min with the data and F0 analysis, the held-out adaptation table
+about 10 min, the resynthesis 24 s and the judges about 4 min, on the
+2-core CPU.
+
 ``vocoder.py:meta`` meta-learns the vocoder for speaker adaptation
 (Reptile over speaker tasks of windows, 5 inner SGD steps) starting from
 the study's export, ``runs/vocoder/vocoder/model``, so run the study first::
@@ -79,7 +84,7 @@ def get_config(arg: str = "study"):
   c.adapt.steps = (0, 5, 20, 100)
   c.eval.enabled = True
   c.eval.metrics = ("secs", "eer", "mcd", "wer")
-  c.expected_minutes = 75
+  c.expected_minutes = 65
   if arg == "meta":
     v.method = "meta-reptile"
     v.init_from = "runs/vocoder/vocoder/model"
