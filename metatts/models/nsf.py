@@ -137,6 +137,7 @@ class NSFConfig:
           "filter vocoder adapts its weights and takes no speaker input; "
           "leave it 'none'.")
     self.filter_config()  # validates the filter's fields
+    self.mel_config().validate()  # and the features' STFT / filterbank
     if self.harmonics < 1:
       raise ValueError(f"NSFConfig.harmonics={self.harmonics} must be >= 1.")
     for n_fft, hop, win in self.stft_resolutions:
