@@ -47,6 +47,16 @@ def vocoder_dir_for(model_dir: str) -> Optional[str]:
   return None
 
 
+def _bucketed(mel: np.ndarray, pad_value: float, hop: int, run) -> np.ndarray:
+  """Runs ``run(mels [1, P, M]) -> audio [1, P * hop]`` on ``mel`` [T, M]
+  padded with ``pad_value`` to ``P``, a multiple of ``FRAME_BUCKET`` frames
+  (one compile per bucket), and returns the clip's ``T * hop`` samples."""
+  t = mel.shape[0]
+  padded = _round_up(t, FRAME_BUCKET)
+  mel = np.pad(mel, ((0, padded - t), (0, 0)), constant_values=pad_value)
+  return np.asarray(run(jnp.asarray(mel)[None]))[0, :t * hop]
+
+
 class GriffinLimVocoder:
   """Log-mel -> waveform by mel inversion and Griffin-Lim (no training).
 
@@ -99,15 +109,11 @@ class WaveNetVocoder:
 
   def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
     """mel: float32 [T, M] -> float32 [T * hop] waveform."""
-    t = mel.shape[0]
-    hop = self.model.config.hop_length
-    padded = _round_up(t, FRAME_BUCKET)
+    spk = None if self.speaker_ids is None else jnp.asarray(self.speaker_ids)
     # Zeros, as the upsampler's SAME convolution pads: the real frames'
     # conditioning, and so every real sample, equals the unpadded run's.
-    mel = np.pad(mel, ((0, padded - t), (0, 0)))
-    spk = None if self.speaker_ids is None else jnp.asarray(self.speaker_ids)
-    audio = self._generate(self.model, jnp.asarray(mel)[None], key, spk)
-    return np.asarray(audio)[0, :t * hop]
+    return _bucketed(mel, 0.0, self.model.config.hop_length,
+                     lambda m: self._generate(self.model, m, key, spk))
 
 
 class NSFVocoder:
@@ -132,16 +138,12 @@ class NSFVocoder:
 
   def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
     """mel: float32 [T, M] -> float32 [T * hop] waveform."""
-    t = mel.shape[0]
-    hop = self.model.config.hop_length
-    padded = _round_up(t, FRAME_BUCKET)
     # Padded with the clip's quietest level: silence, predicted unvoiced.
     # The frame convolutions and the envelope's STFT window (n_fft samples)
     # let the last few real frames see that silence, as at any clip's end.
     floor = float(np.min(mel)) if mel.size else 0.0
-    mel = np.pad(mel, ((0, padded - t), (0, 0)), constant_values=floor)
-    audio = self._synthesize(self.model, jnp.asarray(mel)[None], key)
-    return np.asarray(audio)[0, :t * hop]
+    return _bucketed(mel, floor, self.model.config.hop_length,
+                     lambda m: self._synthesize(self.model, m, key))
 
 
 def load_vocoder(vocoder: Union[None, str, PathLike, Any], model_dir: str,

@@ -208,6 +208,18 @@ def nsf_config(size: str = "base", **overrides) -> NSFConfig:
 # ----------------------------------------------------------------------------
 
 
+def _sample_f0_and_cycles(f0_frames: Array, hop_length: int,
+                          sample_rate: int) -> Tuple[Array, Array]:
+  """Frame F0 [B, F] -> per-sample F0 [B, F * hop] and its phase in cycles.
+
+  Each frame's F0 holds for ``hop`` samples; the phase is the running sum
+  of ``F0 / sample_rate``, kept in [0, 1) so long clips keep their
+  precision.
+  """
+  f0 = jnp.repeat(jnp.asarray(f0_frames, jnp.float32), hop_length, axis=1)
+  return f0, jnp.cumsum(f0 / sample_rate, axis=1) % 1.0
+
+
 def excitation(f0_frames: Array, key: Array, *, hop_length: int,
                sample_rate: int, harmonics: int, sine_amp: float,
                noise_std: float) -> Array:
@@ -228,12 +240,10 @@ def excitation(f0_frames: Array, key: Array, *, hop_length: int,
     [B, F * hop, harmonics] float32: column ``k`` is the ``(k+1)``-th
     harmonic plus noise (the noise is shared by the columns).
   """
-  f0 = jnp.repeat(jnp.asarray(f0_frames, jnp.float32), hop_length, axis=1)
+  f0, cycles = _sample_f0_and_cycles(f0_frames, hop_length, sample_rate)
   voiced = (f0 > 0)[..., None]
   k = jnp.arange(1, harmonics + 1, dtype=jnp.float32)
   pkey, nkey = jax.random.split(key)
-  # Phase in cycles, kept in [0, 1) so long clips keep their precision.
-  cycles = jnp.cumsum(f0 / sample_rate, axis=1) % 1.0  # [B, S]
   phi = jax.random.uniform(pkey, (f0.shape[0], 1, harmonics))
   audible = (f0[..., None] * k) < (sample_rate / 2)
   sines = sine_amp * jnp.sin(2 * jnp.pi * (cycles[..., None] * k + phi))
@@ -272,10 +282,9 @@ def shaped_excitation(mels: Array, f0_frames: Array, key: Array,
   hop = mel_config.hop_length
   sr = mel_config.sample_rate
   bsz, frames = f0_frames.shape
-  f0 = jnp.repeat(jnp.asarray(f0_frames, jnp.float32), hop, axis=1)
+  f0, cycles = _sample_f0_and_cycles(f0_frames, hop, sr)
   k = jnp.arange(1, harmonics + 1, dtype=jnp.float32)
   pkey, nkey = jax.random.split(key)
-  cycles = jnp.cumsum(f0 / sr, axis=1) % 1.0
   phi = jax.random.uniform(pkey, (bsz, 1, harmonics))
   on = (f0[..., None] * k < sr / 2) & (f0[..., None] > 0)
   harm = jnp.where(on, jnp.sin(2 * jnp.pi * (cycles[..., None] * k + phi)),
