@@ -32,7 +32,7 @@ cfg = model.config; mc = cfg.mel_config()
 gl = vocoders.GriffinLimVocoder(mc)
 manifest = json.load(open(os.path.join(W, "samples", "manifest.json")))["speakers"]
 shaped_fn = jax.jit(lambda m, f, k: nsf.shaped_excitation(m, f, k, mc, cfg.harmonics))
-pred_fn = jax.jit(lambda m: nsf.f0_from_prediction(model.predict_f0(m)))
+pred_fn = jax.jit(lambda m: model.predict_f0(m))
 rows = {}
 f0err = []
 for i, f in enumerate(sorted(glob.glob(os.path.join(W, "samples", "reference", "*", "*.wav")))):

@@ -77,6 +77,74 @@ def test_shaped_excitation_has_the_target_mel():
   assert d[4:16].mean() < 0.4, d[4:16].mean()  # unvoiced
 
 
+def test_f0_decoding_is_the_local_weighted_mean_of_the_bins():
+  """Closed forms: one dominant bin decodes to its centre; two equal bins to
+  the geometric mean of their centres; a far-away bin is ignored (CREPE's
+  local average); a negative voicing logit decodes to 0 (unvoiced)."""
+  cfg = _cfg()
+  c = cfg.f0_bin_log_hz()
+  assert c.shape == (cfg.f0_bins,)
+  np.testing.assert_allclose(np.exp(c[[0, -1]]), [cfg.f0_min, cfg.f0_max],
+                             rtol=1e-5)
+  logits = np.full((4, 1 + cfg.f0_bins), -50.0, np.float32)
+  logits[:, 0] = [3.0, 3.0, 3.0, -3.0]
+  logits[0, 1 + 10] = 20.0                       # one bin
+  logits[1, 1 + 10] = logits[1, 1 + 11] = 20.0   # two equal neighbours
+  logits[2, 1 + 10] = 20.0                       # ...and a far one, equal
+  logits[2, 1 + 25] = 20.0
+  logits[3, 1 + 10] = 20.0                       # unvoiced
+  hz = np.asarray(nsf.f0_from_prediction(jnp.asarray(logits), cfg))
+  np.testing.assert_allclose(
+      hz, [np.exp(c[10]), np.exp((c[10] + c[11]) / 2), np.exp(c[10]), 0.0],
+      rtol=1e-4)
+
+
+def test_fitted_f0_predictor_tracks_the_pitch_of_harmonic_tones():
+  """fit_f0_predictor on mels of harmonic tones at known F0s: afterwards
+  tones at F0s it never saw are tracked (median error far below the
+  untrained predictor's), silence is unvoiced, and the filter's parameters
+  are untouched."""
+  cfg = _cfg(n_mels=40, fmax=None, f0_bins=48, frame_channels=32,
+             f0_dilations=(1, 2))
+  mc = cfg.mel_config()
+  rng = np.random.default_rng(0)
+
+  def clip(f0_hz):
+    frames = 24
+    t = np.arange(frames * HOP) / SR
+    x = sum(0.3 / k * np.sin(2 * np.pi * f0_hz * k * t + rng.uniform(0, 6))
+            for k in range(1, int(SR / 2 / f0_hz)))
+    x[:8 * HOP] = 0.0  # silence first
+    mel = np.asarray(afeat.log_mel_spectrogram(jnp.asarray(x, jnp.float32),
+                                               mc))[:frames]
+    f0 = np.where(np.arange(frames) >= 9, f0_hz, 0.0).astype(np.float32)
+    return mel, f0
+
+  train = [clip(f) for f in np.geomspace(70, 400, 24)]
+  test = [clip(f) for f in (83.0, 131.0, 207.0, 333.0)]
+  model = nsf.NSFWaveNet(cfg, rngs=nnx.Rngs(0))
+  before = jax.tree.map(np.asarray, nnx.state(model.layers, nnx.Param))
+
+  def cents_error():
+    errs = []
+    for mel, f0 in test:
+      hz = np.asarray(model.predict_f0(jnp.asarray(mel)[None]))[0]
+      v = f0 > 0
+      errs.append(np.abs(1200 * np.log2(np.maximum(hz[v], 1.0) / f0[v])))
+    return float(np.median(np.concatenate(errs)))
+
+  untrained = cents_error()
+  out = nsf.fit_f0_predictor(model, train, steps=150, window_frames=16,
+                             batch_size=16, learning_rate=3e-3)
+  assert set(out) >= {"loss", "f0_ce", "vuv_error", "f0_cents"}
+  trained = cents_error()
+  assert trained < 100 and trained < untrained / 4, (untrained, trained)
+  silent = np.asarray(model.predict_f0(jnp.asarray(test[0][0][None, :6])))
+  np.testing.assert_array_equal(silent, 0.0)
+  after = jax.tree.map(np.asarray, nnx.state(model.layers, nnx.Param))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
 def test_untrained_model_is_the_dsp_vocoder():
   """The filter's last layer starts at zero: output = gain (1) x shaped."""
   cfg = _cfg(n_fft=256, win_length=200)
@@ -181,7 +249,8 @@ def test_loss_is_pure_masks_padding_and_training_lowers_it():
   np.testing.assert_allclose(float(a_short[0]), float(a_noisy[0]), rtol=1e-6)
   assert float(a_short[0]) != float(l0)  # the mask does take effect
   aux = a_short[1]
-  assert set(aux) == {"stft", "sc", "log_mag", "f0_l1", "vuv_error"}
+  assert set(aux) == {"stft", "sc", "log_mag", "f0_ce", "vuv_error",
+                      "f0_cents"}
   opt = optax.adam(3e-3)
   state = opt.init(params)
   p = params
@@ -220,7 +289,7 @@ def test_vocoder_from_an_export_synthesizes_the_predicted_f0(tmp_path):
   # Synthesis = the filter excited by the predicted F0.
   padded = np.pad(mel, ((0, 64 - 37), (0, 0)), constant_values=mel.min())
   m = jnp.asarray(padded)[None]
-  f0 = nsf.f0_from_prediction(model.predict_f0(m))
+  f0 = model.predict_f0(m)
   ref = np.asarray(model.filter(m, f0, key))[0, :37 * HOP]
   np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-5)  # jit vs eager
   assert os.path.isfile(os.path.join(out, "model.json"))
@@ -250,6 +319,9 @@ def test_vocoder_experiment_smoke(tmp_path):
   for split, by_shots in v["heldout_loss"].items():
     cells = by_shots["1"]
     assert set(cells) == {"0", "2"} and all(np.isfinite(list(cells.values())))
+    # ... and the MCD of the adapted vocoder's resynthesis (dB, positive).
+    mcd = v["heldout_mcd"][split]["1"]
+    assert set(mcd) == {"0", "2"} and all(0 < x < 100 for x in mcd.values())
   info = json.load(open(os.path.join(w, "vocoder", "model", "model.json")))
   assert info["model"] == "nsf" and info["method"] == "vocoder-transfer"
   refs = sorted(os.path.relpath(os.path.join(d, f), os.path.join(

@@ -14,6 +14,8 @@ experiment's vocoder stage runs (``experiment = "vocoder"``):
    excitation, F0 predicted from the mel) is pre-trained on windows of all
    training speakers with the multi-resolution STFT loss (method
    ``transfer``: Adam, pooled speaker tasks), resuming from checkpoints;
+   then its F0 predictor is fitted alone on longer windows
+   (``vocoder.f0_steps``);
 2. its held-out loss after 1- and 5-clip adaptation is measured;
 3. the real evaluation clips of the held-out speakers are resynthesized from
    their mels into ``samples/vocoded`` and judged (SECS, EER, MCD,
@@ -76,6 +78,14 @@ def get_config(arg: str = "study"):
   # gradients ran this model's step at 1.05 s against 0.54 s
   # (docs/benchmarks.md, "The source-filter vocoder").
   c.train.task_map = "map"
+  # The F0 predictor's own stage after the filter: 2000 Adam steps on
+  # 32 windows of 64 frames (about a minute). In the joint loss alone it
+  # sees only the 16-frame windows and was 411 cents off WORLD (session 9);
+  # fitted alone, about 60-80 cents (docs/results/vocoder.md).
+  v.f0_steps = 2000
+  v.f0_window_frames = 64
+  v.f0_batch = 32
+  v.f0_lr = 1e-3
   c.train.checkpoint_every = 250
   c.train.log_every = 50
   c.adapt.max_speakers = 8
@@ -93,6 +103,7 @@ def get_config(arg: str = "study"):
     v.num_support = 2
     v.num_query = 2
     v.num_steps = 600
+    v.f0_steps = 0  # the export's predictor is already fitted
     c.train.checkpoint_every = 100
     c.train.log_every = 25
     c.eval.enabled = False
@@ -105,6 +116,9 @@ def get_config(arg: str = "study"):
     v.clips_per_speaker = 2
     v.eval_speakers = 1
     v.eval_clips = 1
+    v.f0_steps = 2
+    v.f0_window_frames = 8
+    v.f0_batch = 2
     c.adapt.max_speakers = 1
     c.adapt.num_eval = 1
     c.adapt.shots = (1,)

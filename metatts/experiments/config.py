@@ -146,6 +146,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.vocoder.clips_per_speaker = 4
   c.vocoder.eval_speakers = 2
   c.vocoder.eval_clips = 2
+  # The source-filter vocoder's F0 predictor, fitted alone after the filter
+  # (metatts.models.nsf.fit_f0_predictor) on longer windows than the
+  # filter's; 0 steps = only its share of the joint loss.
+  c.vocoder.f0_steps = 0
+  c.vocoder.f0_window_frames = 64
+  c.vocoder.f0_batch = 32
+  c.vocoder.f0_lr = 1e-3
   return c
 
 

@@ -84,6 +84,62 @@ def _stack(batches):
                         for x in zip(*batches)))
 
 
+def _mcd_function(graphdef, rest, fc):
+  """``mcd(params, clips) -> dB``: the mean MCD of the source-filter
+  vocoder's resynthesis of ``(mel, audio, f0)`` clips against their audio
+  (its own predicted F0, as synthesis runs; one compile per 64-frame
+  bucket)."""
+  from metatts import vocoders  # pylint: disable=g-import-not-at-top
+  from metatts.evaluation import mcd as mcdlib  # pylint: disable=g-import-not-at-top
+  floor = float(np.log(fc.log_floor))
+
+  @jax.jit
+  def synth(params, mels, key):
+    return functional.merge(graphdef, params, rest)(mels, key)
+
+  def mcd(params, clips):
+    vals = []
+    for i, (mel, audio, _) in enumerate(clips):
+      y = vocoders._bucketed(  # pylint: disable=protected-access
+          np.asarray(mel, np.float32), floor, fc.hop_length,
+          lambda m: synth(params, m, jax.random.key(i)))[:len(audio)]
+      vals.append(mcdlib.mel_cepstral_distortion(
+          np.clip(y, -1.0, 1.0), audio, fc.sample_rate))
+    return float(np.mean(vals))
+
+  return mcd
+
+
+def _fit_f0(graphdef, params, rest, clips, v, seed: int):
+  """The source-filter vocoder's F0 predictor fitted alone (its own stage).
+
+  In the joint loss the predictor sees only the filter's short windows
+  (``window_frames``, 16 in the study: less than its receptive field); this
+  stage fits it on ``f0_window_frames``-frame windows of the same training
+  clips. The filter's parameters are not touched. Deterministic, so a
+  resumed run redoes it identically.
+  """
+  from metatts.models import nsf  # pylint: disable=g-import-not-at-top
+  model = functional.merge(graphdef, params, rest)
+  pairs = [(mel, f0) for cs in clips.values() for mel, _, f0 in cs]
+  steps = int(v.f0_steps)
+  start = time.perf_counter()
+
+  def log(i, out):
+    _say(f"[vocoder] F0 predictor step {i}/{steps}: loss {out['loss']:.3f}, "
+         f"voicing error {out['vuv_error']:.3f}, "
+         f"|error| {out['f0_cents']:.0f} cents")
+
+  nsf.fit_f0_predictor(model, pairs, steps=steps,
+                       window_frames=int(v.f0_window_frames),
+                       batch_size=int(v.f0_batch),
+                       learning_rate=float(v.f0_lr), seed=seed,
+                       log_every=max(1, steps // 5), log=log)
+  _say(f"[vocoder] F0 predictor fitted in {time.perf_counter() - start:.0f} s"
+       f" on {len(pairs)} clips")
+  return functional.split(model)[1]
+
+
 def vocoder_tasks(clips: Mapping[str, list], n: int, k: int, q: int,
                   frames: int, hop: int, rng: np.random.Generator) -> Task:
   """One meta-batch of vocoder tasks: ``N`` speakers, ``K + Q`` windows.
@@ -177,6 +233,8 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
                       progress=bool(config.progress))
   seconds = time.perf_counter() - start
   params = result.meta_state.params
+  if model_name == "nsf" and int(v.get("f0_steps", 0)):
+    params = _fit_f0(graphdef, params, rest, clips, v, int(config.seed))
   export.export_model(
       os.path.join(vdir, "model"), method=f"vocoder-{v.method}",
       model_name=model_name, model_config=vcfg, params=params,
@@ -198,19 +256,25 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
                       filter=pred)[0]
 
   chunk = jax.jit(chunk, static_argnums=(2,))
+  # The source-filter vocoder is fast enough to resynthesize the evaluation
+  # clips after every step count: their MCD against the real clip (dB).
+  mcd_of = _mcd_function(graphdef, rest, fc) if model_name == "nsf" else None
   table: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+  mcd_table: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
   # The held-out table is saved, and reused by a rerun of the same protocol
   # on the same trained vocoder (it takes minutes).
   held_path = os.path.join(vdir, "heldout.json")
   key = {"steps": steps, "shots": shots, "eval_speakers": int(v.eval_speakers),
          "eval_clips": int(v.eval_clips), "lr": float(v.inner_lr),
-         "window_frames": int(v.window_frames), "trained_steps":
+         "window_frames": int(v.window_frames), "mcd": mcd_of is not None,
+         "trained_steps":
          int(v.num_steps), "method": str(v.method), "seed": int(config.seed)}
   if os.path.isfile(held_path):
     with open(held_path) as f:
       saved = json.load(f)
     if saved.get("protocol") == key:
       table = saved["per_speaker"]
+      mcd_table = saved.get("mcd_per_speaker", {})
   for split, spk_map in ({} if table else data.heldout).items():
     for spk in sorted(spk_map)[:int(v.eval_speakers)]:
       exs = spk_map[spk]
@@ -232,13 +296,21 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
             done += n
           table.setdefault(split, {}).setdefault(str(k), {}).setdefault(
               str(s), []).append(float(nll(p, query)))
+          if mcd_of is not None:
+            mcd_table.setdefault(split, {}).setdefault(str(k), {}).setdefault(
+                str(s), []).append(mcd_of(p, pairs[max(shots):]))
   with open(held_path, "w") as f:
-    json.dump({"protocol": key, "per_speaker": table}, f, indent=1)
-  summary = {split: {k: {s: float(np.mean(vals)) for s, vals in d2.items()}
-                     for k, d2 in d1.items()} for split, d1 in table.items()}
+    json.dump({"protocol": key, "per_speaker": table,
+               "mcd_per_speaker": mcd_table}, f, indent=1)
+  mean = lambda t: {split: {k: {s: float(np.mean(vals))  # noqa: E731
+                                for s, vals in d2.items()}
+                            for k, d2 in d1.items()}
+                    for split, d1 in t.items()}
+  summary = mean(table)
   # The WaveNet's loss is its NLL; older readers look for that key.
   loss_key = "heldout_nll" if model_name == "wavenet" else "heldout_loss"
   return {"seconds": seconds, loss_key: summary, "model": model_name,
+          "heldout_mcd": mean(mcd_table),
           "num_speakers": {s: len(next(iter(d1.values()))["0"])
                            if d1 else 0 for s, d1 in table.items()},
           "export": os.path.join(vdir, "model")}
