@@ -99,6 +99,7 @@ def _adapt(args: argparse.Namespace) -> int:
   paths, texts = find_clips(args.clips)
   tts = api.load(model_dir, vocoder=args.vocoder)
   steps = tts.default_steps if args.steps is None else args.steps
+  tts._check_vocoder_steps(args.vocoder_steps)  # pylint: disable=protected-access
   # Every clip is loaded and checked before anything is said about adapting.
   clips = tts.prepare_clips(paths, texts,
                             names=[os.path.basename(p) for p in paths],
@@ -116,7 +117,8 @@ def _adapt(args: argparse.Namespace) -> int:
   try:
     with _StopAtChunk(steps, args.progress) as on_chunk:
       voice = tts.adapt_clips(clips, steps=steps, seed=args.seed,
-                              progress=on_chunk)
+                              progress=on_chunk,
+                              vocoder_steps=args.vocoder_steps)
   except api.AdaptationInterrupted as e:
     return _save_interrupted(e, args.out)
   losses = voice.losses
@@ -124,6 +126,10 @@ def _adapt(args: argparse.Namespace) -> int:
     print("support loss by step: " + " ".join(f"{x:.4f}" for x in losses))
   if losses.size > 1:
     print(f"support loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+  if args.vocoder_steps:
+    v = voice.info["vocoder_losses"]
+    print(f"vocoder adapted for {args.vocoder_steps} steps: support loss "
+          f"{v[0]:.4f} -> {v[-1]:.4f}")
   out = voice.save(args.out)
   print(f"Saved the voice to {out}; speak with: python -m metatts say "
         f"--voice {out} \"Hello.\" -o out.wav")
@@ -288,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--vocoder", default=None,
                  help="'griffin-lim' or a vocoder export (default: "
                  "WORKDIR/vocoder/model if present)")
+  p.add_argument("--vocoder-steps", type=_positive_int, default=0,
+                 help="also fine-tune the trained source-filter vocoder "
+                 "(nsf) on the clips for this many steps; the voice saves "
+                 "its own vocoder (default 0: keep the base vocoder)")
   p.add_argument("--progress", action=argparse.BooleanOptionalAction,
                  default=True,
                  help="show a progress bar with the support loss (default: "

@@ -39,7 +39,8 @@ What happens underneath, and why:
   user runs.
 * ``Voice.save`` writes the adapted parameters with Orbax (never pickle) as an
   export of its own, plus ``voice.json`` (base model, speaker slot, steps,
-  clips, losses) and a copy of the vocoder, so ``load_voice`` needs nothing
+  clips, losses) and a copy of the vocoder (adapted too with
+  ``vocoder_steps``), so ``load_voice`` needs nothing
   else. The save is atomic (``metatts.atomic``): written into a hidden
   sibling folder and renamed into place, so an existing voice survives any
   failure, ``kill -9`` included. ``load_voice`` validates ``voice.json``
@@ -401,7 +402,7 @@ class TTS:
             sample_rate: Optional[int] = None,
             names: Optional[Sequence[str]] = None,
             progress: Union[bool, Callable[[int, int, float], Any]] = False,
-            check_speech: bool = True) -> "Voice":
+            check_speech: bool = True, vocoder_steps: int = 0) -> "Voice":
     """Adapts the model to a new speaker from 1-10 transcribed clips.
 
     Runs ``metatts.meta.adapt`` (the meta-learners' inner loop) with the
@@ -447,6 +448,11 @@ class TTS:
       check_speech: refuse clips that do not sound like speech
         (``metatts.clips.speech_fraction`` below
         ``metatts.clips.MIN_SPEECH_FRACTION``: noise, hiss); False skips it.
+      vocoder_steps: also fine-tune the trained source-filter vocoder on the
+        clips for this many steps (``metatts.vocoders.NSFVocoder.adapt``:
+        the vocoder study's protocol); the voice then speaks, and saves,
+        its own vocoder. 0 (the default) keeps the base vocoder. Measured
+        on held-out speakers in docs/results/vocoder.md.
 
     Returns:
       A :class:`Voice`; ``voice.losses`` is the support loss before each step
@@ -456,24 +462,43 @@ class TTS:
       ValueError: wrong number of clips, mismatched lists, an unreadable,
         silent, clipped, too short or too long clip, one that is not speech,
         an empty transcript or one that cannot match its clip (the message
-        names the clip), or ``steps`` outside [0, ``MAX_STEPS``].
+        names the clip), ``steps`` or ``vocoder_steps`` outside [0,
+        ``MAX_STEPS``], or ``vocoder_steps`` without a trained
+        source-filter vocoder.
       FileNotFoundError: a clip path does not exist.
       AdaptationInterrupted: Ctrl-C while adapting (see above).
     """
     steps = check_steps(self.default_steps if steps is None else steps)
+    self._check_vocoder_steps(vocoder_steps)
     clips = self.prepare_clips(wavs, texts, sample_rate, names, check_speech)
-    return self.adapt_clips(clips, steps, seed, progress)
+    return self.adapt_clips(clips, steps, seed, progress, vocoder_steps)
+
+  def _check_vocoder_steps(self, vocoder_steps: int) -> int:
+    vocoder_steps = check_steps(vocoder_steps)
+    if vocoder_steps and not isinstance(self.vocoder, vocoders.NSFVocoder):
+      raise ValueError(
+          f"vocoder_steps={vocoder_steps}: only a trained source-filter "
+          f"vocoder adapts, and this model speaks with {self.vocoder.name}; "
+          "load it with vocoder='WORKDIR/vocoder/model' (an nsf export, "
+          "experiments/configs/vocoder.py) or leave vocoder_steps at 0.")
+    return vocoder_steps
 
   def adapt_clips(self, clips: Sequence[Clip], steps: Optional[int] = None,
                   seed: Optional[int] = None,
                   progress: Union[bool, Callable[[int, int, float], Any]
-                                  ] = False) -> "Voice":
+                                  ] = False,
+                  vocoder_steps: int = 0) -> "Voice":
     """:meth:`adapt` on clips already checked by :meth:`prepare_clips`.
 
     ``python -m metatts adapt`` prepares (and so validates) the clips first,
     says what it is about to do, then calls this.
     """
     steps = check_steps(self.default_steps if steps is None else steps)
+    vocoder_steps = self._check_vocoder_steps(vocoder_steps)
+    if vocoder_steps and any(c.audio is None for c in clips):
+      raise ValueError(
+          "vocoder_steps needs the clips' audio; prepare them with "
+          "tts.prepare_clips (it keeps the audio) or pass vocoder_steps=0.")
     batch = self.make_batch(clips, seed)
     info = {
         "steps": steps, "seed": None if seed is None else int(seed),
@@ -511,8 +536,15 @@ class TTS:
       raise FloatingPointError(
           f"Adaptation diverged (support losses {losses.tolist()}); use fewer "
           "steps or check the clips (very loud or noisy audio).")
+    voice_vocoder = None
+    if vocoder_steps:
+      voice_vocoder, vlosses = self.vocoder.adapt(
+          [(c.mel, c.audio) for c in clips], vocoder_steps,
+          seed=0 if seed is None else int(seed))
+      info.update(vocoder_steps=vocoder_steps,
+                  vocoder_losses=vlosses.tolist())
     return Voice(self, params, self.speaker_slot,
-                 dict(info, losses=losses.tolist()))
+                 dict(info, losses=losses.tolist()), vocoder=voice_vocoder)
 
   def speaker_vector(self, batch: TTSBatch) -> jax.Array:
     """A zeroshot model's start vector: the encoder's mean over the clips.
@@ -610,12 +642,19 @@ class Voice:
   """
 
   def __init__(self, tts: TTS, params: Any, speaker_slot: int,
-               info: Dict[str, Any]):
+               info: Dict[str, Any], vocoder: Any = None):
     self.tts = tts
     self.params = params
     self.speaker_slot = int(speaker_slot)
     self.info = dict(info)
     self.losses = np.asarray(self.info.get("losses", []), np.float32)
+    self._vocoder = vocoder
+
+  @property
+  def vocoder(self) -> Any:
+    """The voice's vocoder: its adapted one (``adapt(...,
+    vocoder_steps=N)``), else the base model's."""
+    return self.tts.vocoder if self._vocoder is None else self._vocoder
 
   @property
   def sample_rate(self) -> int:
@@ -647,14 +686,18 @@ class Voice:
     Raises:
       ValueError: empty text or text with nothing speakable.
     """
-    return self.tts.synthesize(self.params, self.speaker_slot, text, seed,
-                               return_mel)
+    speech = voice_lib.synthesize(self.tts, self.params, self.speaker_slot,
+                                  text, seed, self.vocoder)
+    if return_mel:
+      return speech.audio, speech.sample_rate, speech.mel
+    return speech.audio, speech.sample_rate
 
   def save(self, directory: PathLike) -> str:
     """Writes the voice so :func:`load_voice` restores it standalone.
 
     Layout: ``model.json`` + ``params/`` (an export, Orbax), ``voice.json``
-    and ``vocoder/model`` (a copy of the vocoder export, when one is used).
+    and ``vocoder/model`` (a copy of the vocoder export when one is used,
+    or the voice's adapted vocoder after ``adapt(..., vocoder_steps=N)``).
     A zeroshot voice's vector is stored in ``voice.json``
     (``speaker_vector``, exact float32 values); the speaker encoder is not
     needed to speak and is not copied.
@@ -676,8 +719,8 @@ class Voice:
         is not a saved voice, or under a folder that cannot be written.
     """
     tts, info = self.tts, self.tts.info
-    voc = tts.vocoder
-    voc_dir = getattr(voc, "directory", None)
+    voc = self.vocoder
+    voc_dir = getattr(tts.vocoder, "directory", None)
     directory = check_voice_target(directory, (tts.model_dir, voc_dir))
     standard = ("format", "version", "method", "model", "model_config",
                 "feature_config", "symbols", "speakers", "adapt",
@@ -707,7 +750,9 @@ class Voice:
           extra=tts.lrs,
           info={k: v for k, v in info.items() if k not in standard},
           where=directory)
-      if isinstance(voc, (vocoders.WaveNetVocoder, vocoders.NSFVocoder)):
+      if isinstance(voc, vocoders.NSFVocoder):  # a copy, or adapted params
+        voc.save_to(os.path.join(tmp, "vocoder", "model"))
+      elif isinstance(voc, vocoders.WaveNetVocoder):
         shutil.copytree(voc.directory, os.path.join(tmp, "vocoder", "model"))
       atomic.write_text(os.path.join(tmp, VOICE_FILE),
                         json.dumps(record, indent=1))

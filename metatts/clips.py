@@ -59,6 +59,10 @@ class Clip:
   text: str
   tokens: np.ndarray  # int32 [L]   symbol ids, EOS last
   mel: np.ndarray  # float32 [T, M]  log-mel, as in the training features
+  # float32 [S]: the trimmed, loudness-normalized waveform the mel was
+  # computed from (a trained vocoder adapts on it); None if not kept.
+  audio: Optional[np.ndarray] = dataclasses.field(default=None, repr=False,
+                                                  compare=False)
 
 
 def round_up(x: int, multiple: int) -> int:
@@ -248,7 +252,8 @@ def prepare_clips(wavs: Sequence[ClipLike], texts: Sequence[str], *,
           f"({per_symbol:.3f} s per symbol, expected "
           f"{MIN_SEC_PER_SYMBOL}-{MAX_SEC_PER_SYMBOL}). Check that the text "
           "is the words spoken in this clip.")
-    out.append(Clip(name, text, tokens, mel.astype(np.float32)))
+    out.append(Clip(name, text, tokens, mel.astype(np.float32),
+                    np.asarray(audio, np.float32)))
   return out
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
 import warnings
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,10 @@ from metatts.clips import round_up as _round_up
 PathLike = Union[str, os.PathLike]
 GRIFFIN_LIM_ITERS = 32
 MODEL_FILE = "model.json"
+# Few-shot adaptation of the source-filter vocoder (NSFVocoder.adapt) uses
+# the vocoder study's protocol (docs/results/vocoder.md): one random window
+# of this many frames per clip, SGD at the export's adapt lr.
+ADAPT_WINDOW_FRAMES = 16
 
 
 def vocoder_dir_for(model_dir: str) -> Optional[str]:
@@ -129,11 +134,14 @@ class NSFVocoder:
 
   name = "nsf"
 
-  def __init__(self, model: Any, info: Dict[str, Any], directory: str):
+  def __init__(self, model: Any, info: Dict[str, Any],
+               directory: Optional[str], adapted_steps: int = 0):
     from metatts.models import nsf  # pylint: disable=g-import-not-at-top
     self.model = model
     self.info = info
+    # The export it was loaded from; None for an adapted copy (in memory).
     self.directory = directory
+    self.adapted_steps = int(adapted_steps)
     self._synthesize = nsf.synthesize_jit
 
   def __call__(self, mel: np.ndarray, key: jax.Array) -> np.ndarray:
@@ -144,6 +152,82 @@ class NSFVocoder:
     floor = float(np.min(mel)) if mel.size else 0.0
     return _bucketed(mel, floor, self.model.config.hop_length,
                      lambda m: self._synthesize(self.model, m, key))
+
+  def adapt(self, clips: Sequence[Tuple[np.ndarray, np.ndarray]],
+            steps: int, seed: int = 0) -> Tuple["NSFVocoder", np.ndarray]:
+    """Fine-tunes a copy of the vocoder on a new speaker's clips.
+
+    The vocoder study's protocol (``metatts.experiments.vocoder``): the
+    clips' WORLD F0 (``nsf.analyse_f0``), one random window of
+    ``ADAPT_WINDOW_FRAMES`` frames per clip (drawn from ``seed``), and
+    ``steps`` SGD steps on all parameters at the export's ``adapt.lr`` with
+    the training loss (``metatts.meta.adapt``). This vocoder is unchanged.
+
+    Args:
+      clips: ``(mel [T, M], audio [T * hop or about])`` per clip, the mel
+        computed from that audio with the model's features.
+      steps: SGD steps (> 0).
+      seed: the windows' seed.
+
+    Returns:
+      ``(adapted vocoder, support losses [steps + 1])``.
+    """
+    from metatts import functional  # pylint: disable=g-import-not-at-top
+    from metatts.models import nsf  # pylint: disable=g-import-not-at-top
+    from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
+    c = self.model.config
+    if not clips:
+      raise ValueError("NSFVocoder.adapt needs at least one (mel, audio) "
+                       "clip.")
+    pairs = [(np.asarray(m, np.float32), np.asarray(a, np.float32),
+              nsf.analyse_f0(a, np.shape(m)[0], c.sample_rate, c.hop_length))
+             for m, a in clips]
+    batch = jax.tree.map(jnp.asarray, wavenet.make_vocoder_batch(
+        np.random.default_rng(seed), pairs, ADAPT_WINDOW_FRAMES,
+        c.hop_length))
+    graphdef, params, rest = functional.split(self.model)
+    lr = float(self.info.get("adapt", {}).get("lr", 1e-3))
+    params, losses = _nsf_adapt_function(graphdef, rest, lr, int(steps))(
+        params, batch)
+    losses = np.asarray(losses, np.float32)
+    if not np.all(np.isfinite(losses)):
+      raise FloatingPointError(
+          f"Vocoder adaptation diverged (support losses {losses.tolist()}); "
+          "use fewer vocoder steps.")
+    model = functional.merge(graphdef, params, rest)
+    return NSFVocoder(model, self.info, None,
+                      self.adapted_steps + int(steps)), losses
+
+  def save_to(self, folder: str) -> None:
+    """Writes the vocoder as an export into ``folder`` (must not exist):
+    a copy of the loaded export, or the adapted parameters."""
+    if not self.adapted_steps and self.directory:
+      shutil.copytree(self.directory, folder)
+      return
+    from metatts import functional  # pylint: disable=g-import-not-at-top
+    from metatts.training import export  # pylint: disable=g-import-not-at-top
+    from metatts.data.features import FeatureConfig  # pylint: disable=g-import-not-at-top
+    i = self.info
+    fc = {k: tuple(v) if isinstance(v, list) else v
+          for k, v in i["feature_config"].items()}
+    os.makedirs(folder)
+    export.write_export(
+        folder, method=i.get("method", "vocoder"), model_name="nsf",
+        model_config=self.model.config,
+        params=functional.split(self.model)[1],
+        feature_config=FeatureConfig(**fc), symbols=i.get("symbols", ""),
+        speakers=[], adapt=i.get("adapt", {}),
+        info={"adapted_steps": self.adapted_steps}, where=folder)
+
+
+def _nsf_adapt_function(graphdef, rest, lr: float, steps: int):
+  import optax  # pylint: disable=g-import-not-at-top
+  from metatts import functional  # pylint: disable=g-import-not-at-top
+  from metatts import meta  # pylint: disable=g-import-not-at-top
+  loss_fn = functional.make_loss_fn(graphdef, rest)
+  return jax.jit(lambda p, b: meta.adapt(
+      p, b, loss_fn, inner_optimizer=optax.sgd(lr), num_steps=steps,
+      filter=functional.filter_for("all")))
 
 
 def load_vocoder(vocoder: Union[None, str, PathLike, Any], model_dir: str,

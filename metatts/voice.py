@@ -475,7 +475,7 @@ def split_text(text: str, symbols, max_tokens: int) -> List[np.ndarray]:
 
 
 def synthesize(tts, params, speaker_slot: int, text: str,
-               seed: int = 0) -> Speech:
+               seed: int = 0, vocoder: Any = None) -> Speech:
   """Speaks ``text`` with ``params`` (see ``metatts.api.Voice.synthesize``).
 
   Each sentence is padded to a ``TOKEN_BUCKET`` multiple of symbols and run
@@ -484,8 +484,10 @@ def synthesize(tts, params, speaker_slot: int, text: str,
   prenet-dropout seed and the vocoder key of sentence ``i`` come from
   ``seed`` and ``i``. Sentences are joined with ``SENTENCE_PAUSE_SECONDS``
   of silence, NaN/Inf are zeroed and a peak above ``PEAK_LIMIT`` is scaled
-  down (never clipped).
+  down (never clipped). ``vocoder`` (default ``tts.vocoder``) turns the
+  mels into audio, e.g. a voice's adapted vocoder.
   """
+  vocoder = tts.vocoder if vocoder is None else vocoder
   sr, hop = tts.feature_config.sample_rate, tts.mel_config.hop_length
   chunks = split_text(text, tts.symbols, tts.max_tokens)
   pause = np.zeros(int(SENTENCE_PAUSE_SECONDS * sr), np.float32)
@@ -510,7 +512,7 @@ def synthesize(tts, params, speaker_slot: int, text: str,
     length = int(out.lengths[0])
     mel = np.asarray(out.mel[0, :length], np.float32)  # [T, M]
     key = jax.random.fold_in(jax.random.key(seed), i)
-    audio = np.asarray(tts.vocoder(mel, key), np.float32)
+    audio = np.asarray(vocoder(mel, key), np.float32)
     if i:
       pieces.append(pause)
     pieces.append(audio)

@@ -364,12 +364,10 @@ def test_voice_loads_after_the_base_model_is_gone(tmp_path, clips):
   assert loaded.info["clips"] == [f"clip {i} (array)" for i in range(5)]
 
 
-@pytest.mark.parametrize("kind", ["wavenet", "nsf"])
-def test_trained_vocoder_from_workdir(workdir, tmp_path, voice, kind):
-  """A WORKDIR/vocoder/model export is the default vocoder; voices copy it."""
+def _workdir_with_vocoder(workdir, wd, kind):
+  """A copy of ``workdir`` with a tiny ``kind`` vocoder export beside it."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from metatts import models  # pylint: disable=g-import-not-at-top
-  wd = str(tmp_path / "wd")
   shutil.copytree(workdir, wd)
   common = dict(n_mels=20, sample_rate=SR, hop_length=80,
                 upsample_factors=(8, 10), stacks=1, layers_per_stack=3)
@@ -384,6 +382,13 @@ def test_trained_vocoder_from_workdir(workdir, tmp_path, voice, kind):
                       model_config=config, params=params,
                       feature_config=FEATURES, symbols="characters",
                       speakers=[], adapt=ADAPT)
+  return wd
+
+
+@pytest.mark.parametrize("kind", ["wavenet", "nsf"])
+def test_trained_vocoder_from_workdir(workdir, tmp_path, voice, kind):
+  """A WORKDIR/vocoder/model export is the default vocoder; voices copy it."""
+  wd = _workdir_with_vocoder(workdir, str(tmp_path / "wd"), kind)
   tts = api.load(wd)
   assert tts.vocoder.name == kind
   v = api.Voice(tts, voice.params, voice.speaker_slot, voice.info)
@@ -394,6 +399,52 @@ def test_trained_vocoder_from_workdir(workdir, tmp_path, voice, kind):
   assert os.path.isfile(os.path.join(out, "vocoder", "model", "model.json"))
   assert api.load_voice(out).tts.vocoder.name == kind
   assert api.load(wd, vocoder="griffin-lim").vocoder.name == "griffin-lim"
+
+
+def test_adapting_the_vocoder_gives_the_voice_its_own(workdir, tmp_path,
+                                                      clips):
+  """adapt(..., vocoder_steps=N) fine-tunes a copy of the nsf vocoder on the
+  clips; the voice speaks and saves it, the base vocoder stays as it was."""
+  from metatts import vocoders  # pylint: disable=g-import-not-at-top
+  from metatts.models import nsf  # pylint: disable=g-import-not-at-top
+  from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
+  wd = _workdir_with_vocoder(workdir, str(tmp_path / "wd"), "nsf")
+  tts = api.load(wd)
+  base_params = jax.tree.map(np.asarray, functional.split(tts.vocoder.model)[1])
+  voice = tts.adapt(clips, TEXTS, steps=2, seed=3, sample_rate=SR,
+                    vocoder_steps=3)
+  voc = voice.vocoder
+  assert isinstance(voc, vocoders.NSFVocoder) and voc is not tts.vocoder
+  assert voice.info["vocoder_steps"] == 3 and voc.adapted_steps == 3
+  losses = voice.info["vocoder_losses"]
+  assert len(losses) == 4 and losses[-1] < losses[0], losses
+  # The last loss is the adapted model's own loss on the support windows
+  # (rebuilt independently: the same clips' mels, audio, F0 and seed).
+  prepared = tts.prepare_clips(clips, TEXTS, SR)
+  c = voc.model.config
+  batch = wavenet.make_vocoder_batch(np.random.default_rng(3), [
+      (p.mel, p.audio, nsf.analyse_f0(p.audio, p.mel.shape[0], SR,
+                                      c.hop_length)) for p in prepared],
+                                     vocoders.ADAPT_WINDOW_FRAMES,
+                                     c.hop_length)
+  own = float(voc.model.loss(jax.tree.map(jnp.asarray, batch))[0])
+  np.testing.assert_allclose(own, losses[-1], rtol=1e-4)
+  # The base vocoder is untouched; the adapted one differs.
+  jax.tree.map(np.testing.assert_array_equal, base_params,
+               jax.tree.map(np.asarray, functional.split(tts.vocoder.model)[1]))
+  mel = np.asarray(prepared[0].mel)
+  key = jax.random.key(0)
+  assert not np.array_equal(voc(mel, key), tts.vocoder(mel, key))
+  # Saved and loaded, the voice speaks with its adapted vocoder.
+  out = voice.save(str(tmp_path / "v"))
+  loaded = api.load_voice(out)
+  np.testing.assert_array_equal(loaded.vocoder(mel, key), voc(mel, key))
+  np.testing.assert_array_equal(loaded.synthesize("Still here.")[0],
+                                voice.synthesize("Still here.")[0])
+  # Only a trained source-filter vocoder adapts.
+  gl = api.load(workdir)
+  with pytest.raises(ValueError, match="vocoder_steps=2: only a trained"):
+    gl.adapt(clips, TEXTS, steps=1, sample_rate=SR, vocoder_steps=2)
 
 
 def test_wavenet_vocoder_padding_keeps_the_samples():

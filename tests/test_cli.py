@@ -111,6 +111,14 @@ def test_clip_folder_problems_exit_2_naming_the_file(workdir, tmp_path,
   assert code == 2 and "does not exist" in err
   assert not os.path.exists(voice)
 
+  # --vocoder-steps needs a trained source-filter vocoder (this model has
+  # none): refused before any adaptation, naming the fix.
+  clips = write_clips(str(tmp_path / "good"), n=2)
+  code, err = _main(capsys, "adapt", "--model", workdir, "--clips", clips,
+                    "--out", voice, "--vocoder-steps", "5")
+  assert code == 2 and "vocoder_steps=5: only a trained" in err
+  assert "griffin-lim" in err and not os.path.exists(voice)
+
 
 def test_bad_model_voice_and_arguments(tmp_path, capsys):
   clips = write_clips(str(tmp_path / "clips"), n=1)
