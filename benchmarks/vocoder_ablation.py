@@ -15,9 +15,13 @@ against the real clip of:
 
 Mean and 95% interval per held-out split, the paired difference nsf - GL,
 and the F0 predictor's voicing error and F0 RMSE (cents, frames voiced in
-both) against WORLD on the real clips. Usage::
+both) against WORLD on the real clips. With a second argument OUT, each
+variant's clips are also written as a vocoder-only run ``OUT/<variant>``
+(``samples/reference`` linked, ``samples/vocoded`` = the variant) that the
+evaluation can judge (``python -m metatts.evaluation --workdir
+OUT/dsp_pred_f0 --metrics secs,eer,wer``). Usage::
 
-  .venv/bin/python benchmarks/vocoder_ablation.py runs/vocoder
+  .venv/bin/python benchmarks/vocoder_ablation.py runs/vocoder [OUT]
 """
 import glob, json, os, sys, jax, jax.numpy as jnp, numpy as np, soundfile as sf
 from metatts.audio import features as afeat
@@ -27,6 +31,13 @@ from metatts import vocoders
 from metatts.training import export
 from metatts.evaluation import mcd as mcdlib
 W = sys.argv[1]
+OUT = sys.argv[2] if len(sys.argv) > 2 else None
+if OUT:
+  import shutil
+  for v in ("griffin_lim", "dsp_pred_f0", "dsp_analysed_f0"):
+    os.makedirs(os.path.join(OUT, v, "samples"), exist_ok=True)
+    shutil.copytree(os.path.join(W, "samples", "reference"), os.path.join(OUT, v, "samples", "reference"), dirs_exist_ok=True)
+    shutil.copy(os.path.join(W, "samples", "manifest.json"), os.path.join(OUT, v, "samples", "manifest.json"))
 model, params, info, _ = export.load_exported(os.path.join(W, "vocoder", "model"))
 cfg = model.config; mc = cfg.mel_config()
 gl = vocoders.GriffinLimVocoder(mc)
@@ -52,6 +63,10 @@ for i, f in enumerate(sorted(glob.glob(os.path.join(W, "samples", "reference", "
     "dsp_analysed_f0": np.asarray(shaped_fn(m, jnp.asarray(f0a)[None], key))[0, :n],
   }
   for k, y in variants.items():
+    if OUT and k != "nsf":
+      d = os.path.join(OUT, k, "samples", "vocoded", spk); os.makedirs(d, exist_ok=True)
+      sf.write(os.path.join(d, os.path.basename(f)), np.clip(y, -0.99, 0.99), sr)
+      shutil.copy(f[:-4] + ".txt", d)
     rows.setdefault(split, {}).setdefault(k, []).append(mcdlib.mel_cepstral_distortion(np.clip(y, -1, 1), wav, sr))
 for split, d in rows.items():
   for k, v in d.items():
