@@ -21,10 +21,11 @@ experiment's vocoder stage runs (``experiment = "vocoder"``):
    their mels into ``samples/vocoded`` and judged (SECS, EER, MCD,
    PocketSphinx WER) beside the real clips and Griffin-Lim.
 
-Measured (docs/results/vocoder.md, session 9): the 4000 steps took
-about 48 min with the data and F0 analysis, the held-out adaptation table
-about 10 min, the resynthesis 24 s and the judges about 4 min, on the
-2-core CPU.
+Measured (docs/results/vocoder.md): session 9, the 4000 steps took about
+48 min with the data and F0 analysis, the held-out adaptation table about
+10 min, the resynthesis 24 s and the judges about 4 min. Session 10, on a
+machine shared with other runs, the whole run (with the F0 predictor's own
+27-s stage and the table's MCD) took 82 min, 57 of them training.
 
 ``vocoder.py:meta`` meta-learns the vocoder for speaker adaptation
 (Reptile over speaker tasks of windows, 5 inner SGD steps) starting from
