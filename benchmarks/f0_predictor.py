@@ -53,9 +53,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from metatts.models import nsf
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FMIN, FMAX, NB = 40.0, 800.0, 128
-CENTRES = np.linspace(math.log(FMIN), math.log(FMAX), NB).astype(np.float32)
+# The classes and decoding of the library's predictor (128 bins, 40-800 Hz).
+NSF = nsf.nsf_config("base")
+NB = NSF.f0_bins
+CENTRES = NSF.f0_bin_log_hz()
 WIDTH = float(CENTRES[1] - CENTRES[0])
 
 
@@ -65,7 +69,6 @@ def study_clips():
   import vocoder as vocoder_config  # pylint: disable=g-import-not-at-top
   from metatts.experiments import data as data_lib  # pylint: disable=g-import-not-at-top
   from metatts.experiments import vocoder as vocoder_exp  # pylint: disable=g-import-not-at-top
-  from metatts.models import nsf  # pylint: disable=g-import-not-at-top
   config = vocoder_config.get_config("study")
   data = data_lib.prepare_data(config, progress=False)
   fc = data.feature_config
@@ -136,13 +139,8 @@ class Candidate(nnx.Module):
   def hz(self, mel):
     out = self(mel)
     if self.head_kind == "bins":
-      logits = out[..., 1:]
-      best = jnp.argmax(logits, -1)[..., None]
-      w = jnp.where(jnp.abs(jnp.arange(NB) - best) <= 4,
-                    jax.nn.softmax(logits, -1), 0.0)
-      log_hz = (w * CENTRES).sum(-1) / w.sum(-1)
-    else:
-      log_hz = out[..., 1] + math.log(150.0)
+      return nsf.f0_from_prediction(out, NSF)
+    log_hz = out[..., 1] + math.log(150.0)
     return jnp.where(out[..., 0] > 0, jnp.exp(log_hz), 0.0)
 
 

@@ -206,16 +206,13 @@ class NSFVocoder:
       return
     from metatts import functional  # pylint: disable=g-import-not-at-top
     from metatts.training import export  # pylint: disable=g-import-not-at-top
-    from metatts.data.features import FeatureConfig  # pylint: disable=g-import-not-at-top
     i = self.info
-    fc = {k: tuple(v) if isinstance(v, list) else v
-          for k, v in i["feature_config"].items()}
     os.makedirs(folder)
     export.write_export(
         folder, method=i.get("method", "vocoder"), model_name="nsf",
         model_config=self.model.config,
         params=functional.split(self.model)[1],
-        feature_config=FeatureConfig(**fc), symbols=i.get("symbols", ""),
+        feature_config=i["feature_config"], symbols=i.get("symbols", ""),
         speakers=[], adapt=i.get("adapt", {}),
         info={"adapted_steps": self.adapted_steps}, where=folder)
 
