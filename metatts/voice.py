@@ -23,7 +23,7 @@ exactly what a user runs:
   between chunks raises :class:`AdaptationInterrupted` with the best
   parameters seen so far.
 * :func:`synthesize` - text -> sentences -> Tacotron inference (until the
-  stop token, but not before ``tacotron.min_synthesis_frames`` and not past a
+  stop token, but not before ``metatts.synthesis.min_synthesis_frames`` and not past a
   budget proportional to the text) -> vocoder -> one waveform, peak-limited
   to ``PEAK_LIMIT``.
 * :func:`adapt_and_synthesize` - the three in a row; what the evaluation
@@ -46,34 +46,24 @@ from __future__ import annotations
 
 import collections
 import functools
-import re
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metatts import clips as clips_lib
 from metatts import compile_cache
 from metatts import functional
 from metatts import meta
-from metatts.models import tacotron
+# Re-exported: synthesis is the light half of the voice path.
+from metatts.synthesis import (  # pylint: disable=unused-import
+    PEAK_LIMIT, SENTENCE_PAUSE_SECONDS, STOP_THRESHOLD,
+    SYNTH_MIN_SEC_PER_SYMBOL, SYNTH_SEC_PER_SYMBOL, Speech, split_text,
+    synthesize)
 
 # Inner steps per compiled adaptation call (stateless optimizers).
 CHUNK = 5
-# Synthesis length limits per input symbol (cf. ESPnet's Tacotron 2
-# maxlenratio / minlenratio): a frame budget of at most SYNTH_SEC_PER_SYMBOL,
-# and a stop before SYNTH_MIN_SEC_PER_SYMBOL (50 symbols/s, faster than any
-# speech) is ignored (``tacotron.min_synthesis_frames``).
-SYNTH_SEC_PER_SYMBOL = 0.25
-SYNTH_MIN_SEC_PER_SYMBOL = tacotron.SYNTH_MIN_SEC_PER_SYMBOL
-SENTENCE_PAUSE_SECONDS = 0.15
-# Synthesized audio louder than this peak is scaled down to it.
-PEAK_LIMIT = 0.99
-STOP_THRESHOLD = 0.5
-
 # Inner optimizers the export may name (config value -> optax constructor).
 OPTIMIZERS = {
     "sgd": optax.sgd,
@@ -416,116 +406,6 @@ def adapt(tts, params, batch, steps: Sequence[int],
 
 # ----------------------------------------------------------------------------
 # Synthesis.
-
-
-class Speech(NamedTuple):
-  """What :func:`synthesize` returns."""
-
-  audio: np.ndarray  # float32 [S] at sample_rate, |audio| <= PEAK_LIMIT
-  sample_rate: int
-  mel: np.ndarray  # float32 [T, M] predicted log-mel, sentences joined
-  alignments: List[np.ndarray]  # per sentence [decoder steps, symbols]
-
-
-def split_text(text: str, symbols, max_tokens: int) -> List[np.ndarray]:
-  """Normalizes ``text`` and cuts it into sentence chunks of symbol ids.
-
-  Args:
-    text: English text.
-    symbols: the model's ``SymbolSet``.
-    max_tokens: the longest chunk (symbols, EOS included).
-
-  Returns:
-    int32 id arrays, one per sentence (long sentences split at words).
-
-  Raises:
-    ValueError: not a string, empty, or nothing speakable in it.
-  """
-  from metatts.audio import text as atext  # pylint: disable=g-import-not-at-top
-  if not isinstance(text, str):
-    raise ValueError(f"Text to speak is a {type(text).__name__}; pass a "
-                     "str.")
-  if not text.strip():
-    raise ValueError("Text to speak is empty; pass at least one word.")
-  sentences = [s for s in re.split(r"(?<=[.!?;:])\s+", text.strip()) if s]
-  chunks = []
-  for sentence in sentences:
-    pieces = [sentence]
-    while pieces:
-      piece = pieces.pop(0)
-      if not re.search(r"[A-Za-z0-9]", atext.normalize_text(piece)):
-        continue  # punctuation only
-      ids = clips_lib.encode_text(piece, symbols, "Text to speak")
-      if ids.shape[0] <= max_tokens:
-        chunks.append(ids)
-        continue
-      words = piece.split()
-      if len(words) < 2:
-        raise ValueError(
-            f"Text to speak has a word of {ids.shape[0]} symbols, more "
-            f"than max_tokens={max_tokens}; split it.")
-      half = len(words) // 2
-      pieces[:0] = [" ".join(words[:half]), " ".join(words[half:])]
-  if not chunks:
-    raise ValueError(
-        f"Text to speak {text!r} has nothing speakable in the "
-        f"{symbols.name} set (after normalization); write it in "
-        "English letters, digits and punctuation.")
-  return chunks
-
-
-def synthesize(tts, params, speaker_slot: int, text: str,
-               seed: int = 0, vocoder: Any = None) -> Speech:
-  """Speaks ``text`` with ``params`` (see ``metatts.api.Voice.synthesize``).
-
-  Each sentence is padded to a ``TOKEN_BUCKET`` multiple of symbols and run
-  alone; its frame budget is ``SYNTH_SEC_PER_SYMBOL`` per padded symbol
-  (rounded up to ``FRAME_BUCKET``, at most the model's ``max_frames``); the
-  prenet-dropout seed and the vocoder key of sentence ``i`` come from
-  ``seed`` and ``i``. Sentences are joined with ``SENTENCE_PAUSE_SECONDS``
-  of silence, NaN/Inf are zeroed and a peak above ``PEAK_LIMIT`` is scaled
-  down (never clipped). ``vocoder`` (default ``tts.vocoder``) turns the
-  mels into audio, e.g. a voice's adapted vocoder.
-  """
-  vocoder = tts.vocoder if vocoder is None else vocoder
-  sr, hop = tts.feature_config.sample_rate, tts.mel_config.hop_length
-  chunks = split_text(text, tts.symbols, tts.max_tokens)
-  pause = np.zeros(int(SENTENCE_PAUSE_SECONDS * sr), np.float32)
-  pieces, mels, aligns = [], [], []
-  for i, ids in enumerate(chunks):
-    lb = clips_lib.bucket(ids.shape[0], clips_lib.TOKEN_BUCKET,
-                          tts.config.max_tokens)
-    tokens = np.zeros((1, lb), np.int32)
-    tokens[0, :ids.shape[0]] = ids
-    budget = int(SYNTH_SEC_PER_SYMBOL * lb * sr / hop)
-    max_frames = min(tts.config.max_frames,
-                     clips_lib.round_up(budget, clips_lib.FRAME_BUCKET))
-    seeds = np.asarray([(seed * 1000003 + i) % 2**32], np.uint32)
-    min_frames = tacotron.min_synthesis_frames([ids.shape[0]], sr, hop,
-                                               max_frames)
-    out = tts._infer_jit(  # pylint: disable=protected-access
-        params, tts.rest, jnp.asarray(tokens),
-        jnp.asarray([ids.shape[0]], jnp.int32),
-        jnp.asarray([speaker_slot], jnp.int32), jnp.asarray(seeds),
-        jnp.asarray(min_frames), max_frames=max_frames,
-        stop_threshold=STOP_THRESHOLD)
-    length = int(out.lengths[0])
-    mel = np.asarray(out.mel[0, :length], np.float32)  # [T, M]
-    key = jax.random.fold_in(jax.random.key(seed), i)
-    audio = np.asarray(vocoder(mel, key), np.float32)
-    if i:
-      pieces.append(pause)
-    pieces.append(audio)
-    mels.append(mel)
-    r = int(getattr(tts.config, "reduction_factor", 1))
-    aligns.append(np.asarray(out.alignment[0, :-(-length // r),
-                                           :ids.shape[0]], np.float32))
-  audio = np.concatenate(pieces).astype(np.float32)
-  audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
-  peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-  if peak > PEAK_LIMIT:  # keep it playable: scale down, never clip
-    audio = audio * np.float32(PEAK_LIMIT / peak)
-  return Speech(audio, sr, np.concatenate(mels, 0), aligns)
 
 
 def adapt_and_synthesize(tts, clips: Sequence[Any], texts: Sequence[str],

@@ -57,7 +57,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import fractions
 import functools
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -67,17 +66,15 @@ import numpy as np
 from flax import nnx
 
 from metatts.models import layers
+# The synthesis-length rule lives with synthesis (a light module); kept here
+# under its documented names.
+from metatts.synthesis import SYNTH_MIN_SEC_PER_SYMBOL  # pylint: disable=unused-import
+from metatts.synthesis import min_synthesis_frames  # pylint: disable=unused-import
 from metatts.types import TTSBatch
 
 Array = jax.Array
 
 DEFAULT_DROPOUT_SEED = 0
-# The synthesis-length rule shared by the library API and the evaluation
-# (cf. ESPnet's Tacotron 2 ``minlenratio``): a stop predicted before
-# SYNTH_MIN_SEC_PER_SYMBOL seconds per input symbol (50 symbols/s, faster
-# than any speech) is ignored, so an undertrained model that predicts "stop"
-# at once still speaks and can be judged. See ``min_synthesis_frames``.
-SYNTH_MIN_SEC_PER_SYMBOL = 0.02
 # Sub-stream ids folded into each utterance key.
 _PRENET_STREAM = 1
 _ENCODER_STREAM = 2
@@ -342,47 +339,6 @@ def validate_batch(config: TacotronConfig, batch: TTSBatch,
         f"Mel of {int(lens.max())} frames exceeds the maximum max_frames="
         f"{config.max_frames}; trim the clip or raise "
         "TacotronConfig.max_frames.")
-
-
-def min_synthesis_frames(token_lengths, sample_rate: int, hop_length: int,
-                         max_frames: Optional[int] = None) -> np.ndarray:
-  """Frames before which a predicted stop is ignored (host side).
-
-  ``ceil(SYNTH_MIN_SEC_PER_SYMBOL * n * sample_rate / hop_length)``
-  (computed exactly) for an input of ``n`` symbols, capped at
-  ``max_frames - 1`` so that a stop can still fire inside the frame budget.
-  Pass the result to ``infer`` / ``synthesize`` as ``min_frames``; the
-  utterance then has at least ``min_frames + 1`` frames.
-
-  Args:
-    token_lengths: int [B] (or a scalar) symbols per utterance, EOS included.
-    sample_rate: audio sample rate of the mel features (Hz).
-    hop_length: mel frame hop (samples).
-    max_frames: the frame budget of the synthesis, or None (no cap).
-
-  Returns:
-    int32 array of the shape of ``token_lengths``.
-
-  Raises:
-    ValueError: non-positive ``sample_rate``, ``hop_length`` or
-      ``max_frames``.
-  """
-  if int(sample_rate) <= 0 or int(hop_length) <= 0:
-    raise ValueError(
-        f"min_synthesis_frames needs sample_rate > 0 and hop_length > 0; "
-        f"got {sample_rate}, {hop_length}. Pass the mel features' settings.")
-  # Exact rational arithmetic: a float product such as 0.02 * 35 * 16000 /
-  # 200 = 56.000000000000007 would round up to one frame too many.
-  rate = fractions.Fraction(SYNTH_MIN_SEC_PER_SYMBOL).limit_denominator(10**6)
-  num = rate.numerator * int(sample_rate)
-  den = rate.denominator * int(hop_length)
-  n = np.maximum(np.asarray(token_lengths, np.int64), 0)
-  frames = -(-n * num // den)  # ceil(n * num / den)
-  if max_frames is not None:
-    if int(max_frames) < 1:
-      raise ValueError(f"max_frames={max_frames} must be >= 1.")
-    frames = np.minimum(frames, int(max_frames) - 1)
-  return np.asarray(frames, np.int32)
 
 
 # --------------------------------------------------------------------------
@@ -896,7 +852,8 @@ class Tacotron(nnx.Module):
       speaker_vectors: optional [B, external_speaker_dim].
       stop_threshold: stop probability threshold.
       min_frames: optional int [B] (traced, not static): stops at frame
-        indices below it are ignored (see ``min_synthesis_frames``); None
+        indices below it are ignored (see
+        ``metatts.synthesis.min_synthesis_frames``); None
         = 0, every stop counts. ``stop_probs`` are unaffected.
 
     Returns:
@@ -973,7 +930,8 @@ def check_synthesis_args(config, tokens: Array, max_frames, min_frames,
     config: the model's config (``max_frames`` is read).
     tokens: int [B, L] (already validated).
     max_frames: frame budget or None (``config.max_frames``).
-    min_frames: optional int [B] frame floor (see ``min_synthesis_frames``).
+    min_frames: optional int [B] frame floor (see
+      ``metatts.synthesis.min_synthesis_frames``).
     speaker_ids: optional int [B] (zeros if None).
 
   Returns:
@@ -996,7 +954,8 @@ def check_synthesis_args(config, tokens: Array, max_frames, min_frames,
       raise ValueError(
           f"min_frames must be non-negative integers of shape [B]="
           f"{tokens.shape[0]}; got {mf.tolist()} (dtype {mf.dtype}). Use "
-          "min_synthesis_frames(token_lengths, sample_rate, hop_length).")
+          "metatts.synthesis.min_synthesis_frames(token_lengths, "
+          "sample_rate, hop_length).")
     min_frames = jnp.asarray(mf, jnp.int32)
   if speaker_ids is None:
     speaker_ids = jnp.zeros(tokens.shape[:1], jnp.int32)
