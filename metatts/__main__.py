@@ -131,6 +131,7 @@ def _adapt(args: argparse.Namespace) -> int:
     print(f"vocoder adapted for {args.vocoder_steps} steps: support loss "
           f"{v[0]:.4f} -> {v[-1]:.4f}")
   out = voice.save(args.out)
+  _store_for_say(voice, out)
   print(f"Saved the voice to {out}; speak with: python -m metatts say "
         f"--voice {out} \"Hello.\" -o out.wav")
   return 0
@@ -211,14 +212,38 @@ def _save_interrupted(e, out: str) -> int:
   return 130
 
 
+def _store_for_say(voice, directory: str, vocoder=None) -> None:
+  """Writes the voice's ``say`` cache entry (metatts.say_cache); a failure
+  costs the next ``say`` its speed, never this command."""
+  from metatts import say_cache  # pylint: disable=g-import-not-at-top
+  try:
+    say_cache.store(voice, directory, vocoder)
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
 def _say(args: argparse.Namespace) -> int:
-  from metatts import api  # pylint: disable=g-import-not-at-top
-  from metatts.audio import io as aio  # pylint: disable=g-import-not-at-top
   from metatts import atomic  # pylint: disable=g-import-not-at-top
+  from metatts import say_cache  # pylint: disable=g-import-not-at-top
+  from metatts.audio import io as aio  # pylint: disable=g-import-not-at-top
   text = " ".join(args.text)
   out = check_wav_target(args.output)
-  voice = api.load_voice(args.voice, vocoder=args.vocoder)
-  audio, sr = voice.synthesize(text, seed=args.seed)
+  # A voice that spoke before speaks from its cache: no model is built and
+  # neither flax nor Orbax is imported (metatts.say_cache); the same WAV.
+  audio = None
+  cached = say_cache.load(args.voice, args.vocoder)
+  if cached is not None:
+    try:
+      audio, sr = cached.synthesize(text, seed=args.seed)
+      vocoder_name = cached.vocoder.name
+    except say_cache.compile_cache.TraceMissing:
+      audio = None  # a sentence of new shapes: load the voice below
+  if audio is None:
+    from metatts import api  # pylint: disable=g-import-not-at-top
+    voice = api.load_voice(args.voice, vocoder=args.vocoder)
+    audio, sr = voice.synthesize(text, seed=args.seed)
+    vocoder_name = voice.tts.vocoder.name
+    _store_for_say(voice, args.voice, args.vocoder)
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
   # Written next to the target and renamed: an older file survives a kill.
@@ -230,7 +255,7 @@ def _say(args: argparse.Namespace) -> int:
     if os.path.exists(tmp):
       os.remove(tmp)
   print(f"Wrote {out} ({audio.shape[0] / sr:.2f} s at {sr} Hz, vocoder "
-        f"{voice.tts.vocoder.name}).")
+        f"{vocoder_name}).")
   return 0
 
 

@@ -32,6 +32,7 @@ loads its compiled programs from disk instead of compiling them again.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -47,6 +48,7 @@ DEFAULT_DIR = os.path.join("~", ".cache", "metatts", "xla")
 MIN_COMPILE_SECONDS = 0.0  # cache every program (jax's default: >= 1 s)
 _OFF = ("off", "0", "false", "no", "none")
 TRACE_DIR = "traces"  # stored jax.export traces, inside the cache folder
+UNROLL_ENV = "METATTS_CPU_UNROLL"  # = metatts.meta.inner.UNROLL_ENV
 # The cache folder enable() settled on; whether traces are stored there.
 _STATE = {"dir": None, "traces": False}
 
@@ -130,19 +132,17 @@ def _strip_addresses(text: str) -> str:
 def _environment_key() -> str:
   """What a stored trace depends on besides its function and arguments.
 
-  The versions of Python, jax, jaxlib, flax, optax, numpy and ml_dtypes, the
-  backend, jax's tracing-relevant configuration (x64, matmul precision,
+  The versions of Python, jax, jaxlib, flax, optax, numpy and ml_dtypes
+  (:func:`_version`: no import of flax or optax for it), the backend, jax's tracing-relevant configuration (x64, matmul precision,
   dtype promotion, PRNG implementation, ...), and the bytes of every
   ``.py`` file of the metatts package: any edit of metatts' code makes
   every stored trace a miss.
   """
-  import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256()
   parts = [sys.version, platform.machine(), jax.default_backend()]
   for name in ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes"):
-    module = importlib.import_module(name)  # imported already by metatts
-    parts.append(f"{name}={getattr(module, '__version__', None)}")
+    parts.append(f"{name}={_version(name)}")
   for flag in ("jax_enable_x64", "jax_default_matmul_precision",
                "jax_numpy_rank_promotion", "jax_numpy_dtype_promotion",
                "jax_default_prng_impl", "jax_threefry_partitionable",
@@ -153,10 +153,10 @@ def _environment_key() -> str:
     parts.append(_strip_addresses(repr(jax_config.trace_context())))
   except Exception:  # pylint: disable=broad-except
     parts.append("no trace_context")
-  # Which inner loops are unrolled is read from the environment at trace
-  # time; the effective limit, so that unset and the default's value agree.
-  from metatts.meta import inner  # pylint: disable=g-import-not-at-top
-  parts.append(f"cpu_unroll={inner.max_cpu_unroll()}")
+  # Which inner loops are unrolled is read from this variable at trace time
+  # (``metatts.meta.inner.UNROLL_ENV``; read here as text, so that the key
+  # needs neither metatts.meta nor optax: ``say`` from a voice's cache).
+  parts.append(f"cpu_unroll={os.environ.get(UNROLL_ENV, '').strip()}")
   h.update("\n".join(parts).encode())
   package = os.path.dirname(os.path.abspath(__file__))
   for root, dirs, files in os.walk(package):
@@ -168,6 +168,20 @@ def _environment_key() -> str:
         with open(path, "rb") as f:
           h.update(f.read())
   return h.hexdigest()
+
+
+def _version(name: str) -> str:
+  """A package's version: its ``__version__`` once imported (the models and
+  the meta-learners import flax and optax), else its installed metadata (a
+  cached ``say`` imports neither; the two agree, tests/test_cli_speed.py)."""
+  module = sys.modules.get(name)
+  if module is not None and getattr(module, "__version__", None):
+    return str(module.__version__)
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version(name)
+  except metadata.PackageNotFoundError:
+    return "none"
 
 
 def _encode_tree(treedef) -> Any:
@@ -193,7 +207,7 @@ def _encode_tree(treedef) -> Any:
   if isinstance(kind, type) and issubclass(kind, tuple) and \
       hasattr(kind, "_fields"):
     return {"namedtuple": f"{kind.__module__}:{kind.__qualname__}",
-            "fields": children}
+            "names": list(kind._fields), "fields": children}
   raise TypeError(f"cannot store a tree with a {kind!r} node")
 
 
@@ -219,6 +233,26 @@ def _decode_example(data: Any) -> Any:
           len(getattr(cls, "_fields", ())) == len(data["fields"])):
     raise TypeError(f"{data['namedtuple']} is not the stored NamedTuple")
   return cls(*[_decode_example(c) for c in data["fields"]])
+
+
+def _rebuild(data: Any, leaves: Iterator[Any]) -> Any:
+  """The encoded output tree filled with ``leaves``, without its classes: a
+  NamedTuple comes back as a ``collections.namedtuple`` of the stored field
+  names (:class:`StoredCall`, which may run before the class's module is
+  imported)."""
+  if data == "*":
+    return next(leaves)
+  if data is None:
+    return None
+  if "tuple" in data:
+    return tuple(_rebuild(c, leaves) for c in data["tuple"])
+  if "list" in data:
+    return [_rebuild(c, leaves) for c in data["list"]]
+  if "dict" in data:
+    return {k: _rebuild(c, leaves) for k, c in data["dict"]}
+  cls = collections.namedtuple(data["namedtuple"].split(":")[1].split(".")[-1],
+                               data["names"])
+  return cls(*[_rebuild(c, leaves) for c in data["fields"]])
 
 
 def _device():
@@ -260,6 +294,112 @@ def _lapack_setup_skipped(skip: bool):
     internals._ensure_backends_initialized = original  # pylint: disable=protected-access
 
 
+def tree_text(treedef) -> str:
+  """A call's argument tree as the text hashed into its trace's file name."""
+  return _strip_addresses(str(treedef))
+
+
+def _trace_file(directory: str, name: str, key_text: str, in_tree_text: str,
+                avals, statics) -> str:
+  """Where the trace of one call signature of a stored function lives."""
+  h = hashlib.sha256()
+  for part in (name, key_text, in_tree_text, repr(avals), repr(statics)):
+    h.update(part.encode() + b"\0")
+  # NAME-ENVIRONMENT-CALL: traces of older metatts/jax versions are found
+  # by their ENVIRONMENT part and removed when a new one is written.
+  return os.path.join(directory, f"{name}-{_environment_key()[:16]}-"
+                      f"{h.hexdigest()[:32]}")
+
+
+def _read_trace(path: str, num_args: int):
+  """``(Exported, output tree as JSON data, LAPACK flag)`` of a stored trace.
+
+  Raises:
+    OSError, ValueError and whatever ``jax.export`` raises on a file that
+    is absent, damaged or not made for ``num_args`` flat arguments.
+  """
+  from jax import export  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f:
+    data = f.read()
+  if not data.startswith(_MAGIC):
+    raise ValueError("not a stored trace")
+  head, body = data[len(_MAGIC):].split(b"\n", 1)
+  exported = export.deserialize(bytearray(body))
+  if len(exported.in_avals) != num_args:
+    raise ValueError("stored trace does not fit")
+  return exported, json.loads(head), _uses_lapack(body)
+
+
+def _call_exported(exported, leaves, lapack):
+  """Runs an exported program on flat arguments; its flat outputs.
+
+  ``lapack`` is None once this process has called it (nothing to set up),
+  else whether the program calls LAPACK (:func:`_lapack_setup_skipped`).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  # Arguments placed on the device first: Exported.call returns arrays
+  # committed to it, and a call with those after one with host arrays
+  # (the restored parameters) would lower and load a second XLA program
+  # (2-3 s of a warm adapt, measured); committed, every call is the same.
+  leaves = jax.device_put(list(leaves), _device())
+  if lapack is None:  # compiled: the lowering below runs no more
+    return exported.call(*leaves)
+  with _lapack_setup_skipped(not lapack):
+    return exported.call(*leaves)
+
+
+class TraceMissing(LookupError):
+  """No stored trace for this call (:class:`StoredCall`)."""
+
+
+class StoredCall:
+  """A stored trace of a :func:`stored_jit` function, called without it.
+
+  Found by the function's ``name``, its :attr:`StoredJit.key_text` and the
+  text of its argument tree (:func:`tree_text`), all recorded by an earlier
+  process that had the function; the call takes the flat argument leaves
+  in tree order and returns the flat outputs. Nothing is traced and neither
+  the function nor its model is needed (``python -m metatts say`` from a
+  voice's cache: :mod:`metatts.say_cache`). The program is the one the
+  function compiles, so the numbers are the same bit for bit.
+  """
+
+  def __init__(self, name: str, key_text: str, in_tree_text: str):
+    self.name = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    self.key_text = key_text
+    self.in_tree_text = in_tree_text
+    self._entries = {}  # (avals, statics) -> [Exported, LAPACK flag]
+
+  def __call__(self, leaves: Sequence[Any], **statics) -> Any:
+    """The outputs for flat ``leaves``; ``statics`` as the function's.
+
+    Raises:
+      TraceMissing: traces are off, or none was stored for these shapes,
+        dtypes and static values (the caller falls back to the function).
+    """
+    directory = trace_dir()
+    if directory is None:
+      raise TraceMissing(f"{self.name}: stored traces are off")
+    avals = tuple((tuple(x.shape), str(x.dtype),
+                   bool(getattr(x, "weak_type", False))) for x in leaves)
+    signature = (avals, tuple(sorted((k, repr(v))
+                                     for k, v in statics.items())))
+    entry = self._entries.get(signature)
+    if entry is None:
+      path = _trace_file(directory, self.name, self.key_text,
+                         self.in_tree_text, *signature)
+      try:
+        exported, head, lapack = _read_trace(path, len(leaves))
+        _rebuild(head, iter(exported.out_avals))  # the tree fits
+      except Exception as e:  # pylint: disable=broad-except
+        raise TraceMissing(f"{self.name}: no stored trace for this call "
+                           f"({type(e).__name__})") from None
+      entry = self._entries[signature] = [exported, lapack, head]
+    out = _call_exported(entry[0], leaves, entry[1])
+    entry[1] = None
+    return _rebuild(entry[2], iter(out))
+
+
 _MAGIC = b"metatts-trace 1\n"
 _MISS = object()
 
@@ -279,6 +419,14 @@ class StoredJit:
     self._entries = {}
     self.loaded = 0  # traces read from disk in this process
     self.stored = 0  # traces written
+
+  @property
+  def key_text(self) -> str:
+    """The ``repr`` of ``key`` without object addresses (part of the file
+    name's hash; :class:`StoredCall` finds the traces by it)."""
+    if self._key_text is None:
+      self._key_text = _strip_addresses(repr(self._key))
+    return self._key_text
 
   def __getattr__(self, attr):  # lower, trace, eval_shape, ...
     return getattr(self.jitted, attr)
@@ -308,31 +456,15 @@ class StoredJit:
     if entry is _MISS:
       return self.jitted(*args, **kwargs)
     exported, out_tree, lapack = entry
-    # Arguments placed on the device first: Exported.call returns arrays
-    # committed to it, and a call with those after one with host arrays
-    # (the restored parameters) would lower and load a second XLA program
-    # (2-3 s of a warm adapt, measured); committed, every call is the same.
-    leaves = jax.device_put(leaves, _device())
-    if lapack is None:  # compiled: the lowering below runs no more
-      out = exported.call(*leaves)
-    else:
-      with _lapack_setup_skipped(not lapack):
-        out = exported.call(*leaves)
+    out = _call_exported(exported, leaves, lapack)
+    if lapack is not None:
       self._entries[signature] = (exported, out_tree, None)
     return jax.tree_util.tree_unflatten(out_tree, out)
 
   def _path(self, directory, signature) -> str:
-    if self._key_text is None:
-      self._key_text = _strip_addresses(repr(self._key))
     in_tree, avals, statics = signature
-    h = hashlib.sha256()
-    for part in (self.name, self._key_text, _strip_addresses(str(in_tree)),
-                 repr(avals), repr(statics)):
-      h.update(part.encode() + b"\0")
-    # NAME-ENVIRONMENT-CALL: traces of older metatts/jax versions are found
-    # by their ENVIRONMENT part and removed when a new one is written.
-    return os.path.join(directory, f"{self.name}-{_environment_key()[:16]}-"
-                        f"{h.hexdigest()[:32]}")
+    return _trace_file(directory, self.name, self.key_text, tree_text(in_tree),
+                       avals, statics)
 
   def _entry(self, directory, signature, leaves, in_tree, kwargs):
     """The stored trace of a new call signature: read, or made and written."""
@@ -340,19 +472,12 @@ class StoredJit:
     from jax import export  # pylint: disable=g-import-not-at-top
     path = self._path(directory, signature)
     try:
-      with open(path, "rb") as f:
-        data = f.read()
-      if not data.startswith(_MAGIC):
-        raise ValueError("not a stored trace")
-      head, body = data[len(_MAGIC):].split(b"\n", 1)
-      exported = export.deserialize(bytearray(body))
-      out_tree = jax.tree_util.tree_structure(
-          _decode_example(json.loads(head)))
-      if out_tree.num_leaves != len(exported.out_avals) or \
-          len(exported.in_avals) != len(leaves):
+      exported, head, lapack = _read_trace(path, len(leaves))
+      out_tree = jax.tree_util.tree_structure(_decode_example(head))
+      if out_tree.num_leaves != len(exported.out_avals):
         raise ValueError("stored trace does not fit")
       self.loaded += 1
-      return exported, out_tree, _uses_lapack(body)
+      return exported, out_tree, lapack
     except Exception:  # pylint: disable=broad-except
       pass  # absent or unreadable: trace it again (and overwrite)
     box = []
@@ -444,5 +569,6 @@ def stored_jit(fun: Callable[..., Any], *, name: str, key: Any,
   return StoredJit(fun, name, key, static_argnames)
 
 
-__all__ = ["DEFAULT_DIR", "ENV", "MIN_COMPILE_SECONDS", "StoredJit", "TRACE_DIR",
-           "enable", "stored_jit", "storing_traces", "trace_dir"]
+__all__ = ["DEFAULT_DIR", "ENV", "MIN_COMPILE_SECONDS", "StoredCall",
+           "StoredJit", "TRACE_DIR", "TraceMissing", "UNROLL_ENV", "enable",
+           "stored_jit", "storing_traces", "trace_dir", "tree_text"]

@@ -4,6 +4,10 @@
   Griffin-Lim (``metatts.compile_cache.stored_jit``): a warm run reads them
   instead of tracing, and gives the same voice and WAV bytes as a cold run
   and as the library without them.
+* ``adapt`` and ``say`` keep a voice's say cache (``metatts.say_cache``):
+  a later ``say`` speaks from it without importing flax, optax or Orbax,
+  with the same WAV bytes, and falls back to loading (and validating) the
+  voice when anything in its folder changed.
 
 * The voice path does not import torch (via tensorboardX), scipy.signal,
   librosa or numba (together ~8 s of a 12 s warm `say` on a 2-core CPU,
@@ -13,6 +17,7 @@
   feature, trimmed clip and synthesized WAV stays byte-identical.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -193,6 +198,24 @@ def test_stored_jit_round_trips_trees_and_skips_tracing(monkeypatch,
     other(params, x, n=2)
     other(params, x, n=3)
     assert other.stored == 2 and len(os.listdir(folder)) == 3
+    # Without the function (``say`` from a voice's cache): found by its
+    # name, key text and argument tree, called with flat leaves.
+    call = compile_cache.StoredCall(
+        "toy", first.key_text,
+        compile_cache.tree_text(jax.tree.structure((params, x))))
+    traced.clear()
+    got3 = call(jax.tree.leaves((params, x)), n=2)
+    assert traced == [] and type(got3).__name__ == "_Pair"
+    assert got3._fields == ("total", "parts") and got3.parts["k"][1] is None
+    for a, b in zip(jax.tree.leaves(got3), jax.tree.leaves(want)):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    with pytest.raises(compile_cache.TraceMissing):
+      call(jax.tree.leaves((params, x)), n=4)  # never traced
+    with pytest.raises(compile_cache.TraceMissing):
+      compile_cache.StoredCall("toy", "other key", call.in_tree_text)(
+          jax.tree.leaves((params, x)), n=2)
+  with pytest.raises(compile_cache.TraceMissing, match="off"):
+    call(jax.tree.leaves((params, x)), n=2)  # outside storing_traces
   for got in (got1, got2):
     assert isinstance(got, _Pair) and got.parts["k"][1] is None
     assert jax.tree.structure(got) == jax.tree.structure(want)
@@ -300,6 +323,81 @@ def test_cli_warm_run_loads_traces_and_gives_identical_voice_and_wav(
   for got in (cold_params, warm_params):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(voice.params)):
       assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_trace_keys_read_versions_without_importing_flax_or_optax():
+  """The key of a stored trace takes each library's version from its
+  installed metadata when the library is not imported (a cached ``say``
+  imports neither flax nor optax); both sources agree, so the keys do."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top,unused-import
+  import optax  # pylint: disable=g-import-not-at-top,unused-import
+  for name in ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes"):
+    assert compile_cache._version(name) == metadata.version(name), name  # pylint: disable=protected-access
+  from metatts.meta import inner  # pylint: disable=g-import-not-at-top
+  assert compile_cache.UNROLL_ENV == inner.UNROLL_ENV
+
+
+def test_say_speaks_from_the_voice_cache_without_the_model_stack(
+    monkeypatch, tmp_path, capsys):
+  """``adapt`` writes the voice's say cache; once the inference was traced,
+  ``say`` in a new process speaks from it without importing flax, optax
+  or Orbax, and writes the same WAV bytes; any change to the voice folder
+  sends ``say`` back to loading the voice (which validates it)."""
+  from metatts import say_cache  # pylint: disable=g-import-not-at-top
+  _fresh_store(monkeypatch, tmp_path)
+  workdir = str(tmp_path / "model")
+  make_export(workdir)
+  clips = write_clips(str(tmp_path / "clips"))
+  voice_dir = str(tmp_path / "voice")
+  _new_functions()
+  assert cli.main(["adapt", "--model", workdir, "--clips", clips, "--out",
+                   voice_dir, "--steps", "2", "--no-progress"]) == 0
+  with compile_cache.storing_traces():  # as inside the CLI
+    assert say_cache.load(voice_dir, None) is not None  # written by adapt
+    assert say_cache.load(voice_dir, "griffin-lim") is None  # another entry
+  # No inference trace yet: this say loads the voice and stores the trace.
+  words = ["Hello", "there."]
+  assert cli.main(["say", "--voice", voice_dir, "-o",
+                   str(tmp_path / "a.wav"), *words]) == 0
+  code = (
+      "import sys\n"
+      "from metatts import __main__ as m\n"
+      f"status = m.main(['say', '--voice', {voice_dir!r}, '-o', "
+      f"{str(tmp_path / 'b.wav')!r}, *{words!r}])\n"
+      "print(status, sorted(x for x in ('flax', 'optax', 'orbax') "
+      "if x in sys.modules))\n")
+  # The user's set-up: the cache folder from METATTS_COMPILE_CACHE (not the
+  # test session's XLA folder), holding the traces and the say cache.
+  env = {k: v for k, v in os.environ.items()
+         if k != "JAX_COMPILATION_CACHE_DIR"}
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=600, check=True,
+                       env=dict(env, METATTS_COMPILE_CACHE=str(tmp_path)))
+  assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+  with open(tmp_path / "a.wav", "rb") as a, open(tmp_path / "b.wav", "rb") as b:
+    assert a.read() == b.read()
+  # The cached voice speaks like the loaded one, sentence by sentence.
+  with compile_cache.storing_traces():
+    cached = say_cache.load(voice_dir, None)
+    got, sr = cached.synthesize("Hello there. How are you?", seed=3)
+  want, _ = api.load_voice(voice_dir).synthesize("Hello there. How are you?",
+                                                 seed=3)
+  assert sr == SR and got.tobytes() == want.tobytes()
+  # A hand-edited voice.json (here: another speaker slot) is a miss, so
+  # say validates it again and refuses the bad slot.
+  path = os.path.join(voice_dir, "voice.json")
+  with open(path) as f:
+    record = json.load(f)
+  record["speaker_slot"] = 9999
+  with open(path, "w") as f:
+    json.dump(record, f)
+  with compile_cache.storing_traces():
+    assert say_cache.load(voice_dir, None) is None
+  capsys.readouterr()
+  assert cli.main(["say", "--voice", voice_dir, "-o",
+                   str(tmp_path / "c.wav"), "Hi."]) == 2
+  assert "speaker_slot" in capsys.readouterr().err
 
 
 def test_cli_fast_exit_keeps_the_status_and_the_messages(tmp_path):
