@@ -40,6 +40,9 @@ Usage (2-3 min on an idle 2-core CPU, about 6 min on a busy one)::
   git archive COMMIT metatts | tar -x -C /tmp/before
   .venv/bin/python benchmarks/cli_warm.py --model runs/quickstart \
       --repo /tmp/before
+  # both, warm runs interleaved (side by side in one run, with the ratio):
+  .venv/bin/python benchmarks/cli_warm.py --model runs/quickstart \
+      --against /tmp/before
 
 It prints a markdown table; results and the command: docs/benchmarks.md
 ("CLI `adapt` and `say`: cold and warm compilation cache"). Quote the load
@@ -167,27 +170,39 @@ def _child(launched: float, argv) -> int:
   monitoring.register_event_duration_secs_listener(on_duration)
   monitoring.register_event_listener(on_event)
   from metatts import __main__ as cli  # pylint: disable=g-import-not-at-top
-  from metatts import api  # pylint: disable=g-import-not-at-top
   from metatts import clips  # pylint: disable=g-import-not-at-top
-  from metatts import voice  # pylint: disable=g-import-not-at-top
   from metatts import vocoders  # pylint: disable=g-import-not-at-top
   from metatts.audio import io as aio  # pylint: disable=g-import-not-at-top
-  from metatts.training import export  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   del jax
-  rec.wrap(api, "load", "api.load")
-  rec.wrap(api, "load_voice", "api.load_voice")
-  rec.wrap(export, "build_from_config", "abstract model (eval_shape)")
-  rec.wrap(ocp.StandardCheckpointer, "restore", "Orbax restore")
-  rec.wrap(vocoders, "load_vocoder", "load_vocoder")
-  rec.wrap(api.TTS, "__init__", "TTS() (hash, jit wrappers)")
+  try:  # checkouts with the say cache (metatts.say_cache, metatts.synthesis)
+    from metatts import say_cache  # pylint: disable=g-import-not-at-top
+    from metatts import synthesis  # pylint: disable=g-import-not-at-top
+    rec.wrap(say_cache, "load", "say_cache.load (cached voice)")
+    rec.wrap(say_cache, "store", "say_cache.store")
+    rec.wrap(synthesis, "synthesize", "synthesis.synthesize (cached voice)")
+    light_say = argv[0] == "say"
+  except ImportError:
+    light_say = False
+  if not light_say:
+    # The model stack, imported here so that its calls can be timed; a
+    # `say` with the voice cache does not import it, so neither does this.
+    from metatts import api  # pylint: disable=g-import-not-at-top
+    from metatts import voice  # pylint: disable=g-import-not-at-top
+    from metatts.training import export  # pylint: disable=g-import-not-at-top
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    rec.wrap(api, "load", "api.load")
+    rec.wrap(api, "load_voice", "api.load_voice")
+    rec.wrap(export, "build_from_config", "abstract model (eval_shape)")
+    rec.wrap(ocp.StandardCheckpointer, "restore", "Orbax restore")
+    rec.wrap(vocoders, "load_vocoder", "load_vocoder")
+    rec.wrap(api.TTS, "__init__", "TTS() (hash, jit wrappers)")
+    rec.wrap(voice, "adapt", "voice.adapt (20 steps)")
+    rec.wrap(voice, "synthesize", "voice.synthesize")
+    rec.wrap(voice, "split_text", "split_text")
+    rec.wrap(api.Voice, "save", "Voice.save")
   rec.wrap(clips, "prepare_clips", "prepare_clips (read, check, mels)")
   rec.wrap(clips, "make_batch", "make_batch")
-  rec.wrap(voice, "adapt", "voice.adapt (20 steps)")
-  rec.wrap(voice, "synthesize", "voice.synthesize")
-  rec.wrap(voice, "split_text", "split_text")
   rec.wrap(vocoders.GriffinLimVocoder, "__call__", "Griffin-Lim")
-  rec.wrap(api.Voice, "save", "Voice.save")
   rec.wrap(aio, "save_wav", "save_wav")
   status = 1
   try:
@@ -297,6 +312,12 @@ def main() -> None:
                  help="run the metatts of this checkout (its root folder; "
                  "default: the installed one), e.g. a `git worktree` of an "
                  "older commit to compare")
+  p.add_argument("--against", default=None,
+                 help="another checkout (its root folder, e.g. the code "
+                 "before a change): after the rounds above, warm `adapt` + "
+                 "`say` rounds alternate between this metatts and that one "
+                 "(--runs each, own cache folders) and a side-by-side table "
+                 "with the ratio is printed")
   args = p.parse_args()
 
   args.model = os.path.abspath(args.model)
@@ -334,6 +355,28 @@ def main() -> None:
     print(f"{label}: adapt {a[0]:.2f} s (cpu {a[1]:.2f} s), say {s[0]:.2f} s "
           f"(cpu {s[1]:.2f} s)", flush=True)
 
+  side = None
+  if args.against:
+    # Interleaved, so that both checkouts see the same machine state.
+    other_env = dict(env, METATTS_COMPILE_CACHE=os.path.join(work, "xla_b"))
+    shutil.rmtree(other_env["METATTS_COMPILE_CACHE"], ignore_errors=True)
+    sides = (("this", args.repo, env), ("against", args.against, other_env))
+    side = {(n, c): [] for n, _, _ in sides for c in ("adapt", "say")}
+    for i in range(args.runs + 1):  # round 0 fills the other cache
+      for name, repo, e in sides:
+        shutil.rmtree(voice_dir, ignore_errors=True)
+        wav = os.path.join(work, f"out_{name}{i}.wav")
+        a = _run([py] + adapt, e, repo)
+        s_ = _run([py] + say(wav), e, repo)
+        hashes.add(_md5(wav))
+        if i:
+          side[(name, "adapt")].append(a[0])
+          side[(name, "say")].append(s_[0])
+      if i:
+        print(f"interleaved {i}: " + ", ".join(
+            f"{n} adapt {side[(n, 'adapt')][-1]:.2f} s say "
+            f"{side[(n, 'say')][-1]:.2f} s" for n, _, _ in sides), flush=True)
+
   phases = {"adapt": [], "say": []}
   if args.phases:
     me = os.path.abspath(__file__)
@@ -359,6 +402,15 @@ def main() -> None:
     print(f"| `{name}` | {cold[0]:.2f} s ({cold[1]:.2f} s) | "
           f"{_fmt([w for w, _ in warm])} | "
           f"{statistics.median([c for _, c in warm]):.2f} s |")
+  if side:
+    print(f"\nInterleaved warm runs ({args.runs} each): this checkout "
+          f"({args.repo or 'installed'}) against {args.against}\n\n"
+          "| command | this: median (range) | against: median (range) | "
+          "against / this |\n|---|---|---|---|")
+    for name in ("adapt", "say"):
+      a, b = side[("this", name)], side[("against", name)]
+      print(f"| `{name}` | {_fmt(a)} | {_fmt(b)} | "
+            f"{statistics.median(b) / statistics.median(a):.2f}x |")
   print(f"\nsay WAV md5: {sorted(hashes)} "
         f"({'identical' if len(hashes) == 1 else 'DIFFERENT'} over all runs)")
 
@@ -398,7 +450,9 @@ def main() -> None:
       print(f"| &nbsp;&nbsp;&nbsp;&nbsp;{key} | {secs:.2f} | | |")
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"times": times, "phases": phases, "hashes": sorted(hashes)},
+      json.dump({"times": times, "phases": phases, "hashes": sorted(hashes),
+                 "interleaved": {f"{k[0]}/{k[1]}": v
+                                 for k, v in (side or {}).items()}},
                 f, indent=1)
 
 
