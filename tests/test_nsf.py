@@ -146,18 +146,91 @@ def test_fitted_f0_predictor_tracks_the_pitch_of_harmonic_tones():
 
 
 def test_untrained_model_is_the_dsp_vocoder():
-  """The filter's last layer starts at zero: output = gain (1) x shaped."""
-  cfg = _cfg(n_fft=256, win_length=200)
-  model = nsf.NSFWaveNet(cfg, rngs=nnx.Rngs(0))
+  """The filter's last layer starts at zero: output = gain (1) x shaped, by
+  convolution (the sizes' default) or STFT reshaping (older exports)."""
   batch = _batch()
   key = jax.random.key(4)
-  out = model.filter(batch.mels, batch.f0, key)
-  shaped = nsf.shaped_excitation(batch.mels, batch.f0,
-                                 jax.random.fold_in(key, 1),
-                                 cfg.mel_config(), cfg.harmonics)
-  np.testing.assert_allclose(np.asarray(out), np.asarray(shaped), atol=1e-6)
+  for shaping in ("convolution", "stft"):
+    cfg = _cfg(n_fft=256, win_length=200, shaping=shaping)
+    model = nsf.NSFWaveNet(cfg, rngs=nnx.Rngs(0))
+    out = model.filter(batch.mels, batch.f0, key)
+    if shaping == "convolution":
+      shaped = nsf.convolved_excitation(batch.mels, batch.f0,
+                                        jax.random.fold_in(key, 1),
+                                        cfg.mel_config())
+    else:
+      shaped = nsf.shaped_excitation(batch.mels, batch.f0,
+                                     jax.random.fold_in(key, 1),
+                                     cfg.mel_config(), cfg.harmonics)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(shaped),
+                               atol=1e-6)
+  assert nsf.NSFConfig().shaping == "stft"  # an export without the field
+  with pytest.raises(ValueError, match="shaping"):
+    _cfg(shaping="fft")
   plain = nsf.NSFWaveNet(_cfg(envelope=False), rngs=nnx.Rngs(0))
   assert plain.gain is None and plain.input_proj.kernel.shape[0] == 1
+
+
+def test_pulse_excitation_is_the_harmonic_sum_of_one_density():
+  """Voiced: sqrt(2 F0 / sr) x the sum of every cosine k F0 below Nyquist
+  (summed directly here); unvoiced: noise of variance 1/2. Each has power
+  ~1/2, i.e. a spectral density of 1/sr, whatever F0."""
+  frames = 40
+  for hz in (61.0, 123.0, 397.0):
+    f0 = np.full((1, frames), hz, np.float32)
+    f0[0, 30:] = 0.0
+    got = np.asarray(nsf.pulse_excitation(
+        f0, jax.random.key(0), hop_length=HOP, sample_rate=SR))[0]
+    # The model's own phase (float32 running sum), summed directly here.
+    _, cycles = nsf._sample_f0_and_cycles(f0, HOP, SR)  # pylint: disable=protected-access
+    cycles = np.asarray(cycles, np.float64)[0]
+    count = int(np.ceil(SR / (2 * hz)) - 1)
+    assert count * hz < SR / 2 <= (count + 1) * hz
+    want = np.sqrt(2 * hz / SR) * sum(
+        np.cos(2 * np.pi * k * cycles) for k in range(1, count + 1))
+    voiced = slice(0, 30 * HOP)
+    peak = np.max(np.abs(want[voiced]))
+    np.testing.assert_allclose(got[voiced], want[voiced], atol=2e-3 * peak)
+    assert abs(np.mean(got[voiced] ** 2) - 0.5) < 0.03, hz
+    assert abs(np.var(got[30 * HOP:]) - 0.5) < 0.1
+
+
+def _direct_envelope_filter(x, mels, mc):
+  """envelope_filter written directly: np.convolve per frame, loop OLA."""
+  hop, n = mc.hop_length, mc.n_fft
+  frames = mels.shape[0]
+  unit = np.sqrt(np.sum(np.square(afeat.stft_window(mc))) / 2)
+  env = np.asarray(afeat.mel_to_linear(jnp.asarray(mels), mc),
+                   np.float64) / unit
+  hann = np.sin(np.pi * np.arange(2 * hop) / (2 * hop)) ** 2
+  padded = np.concatenate([np.zeros(hop), x, np.zeros(hop)])
+  out = np.zeros(frames * hop + 2 * hop + n)
+  for t in range(frames):
+    h = np.fft.fftshift(np.fft.irfft(env[t], n=n))
+    seg = padded[t * hop:t * hop + 2 * hop] * hann
+    y = np.convolve(seg, h)  # length 2 hop + n - 1
+    out[t * hop:t * hop + len(y)] += y
+  return out[hop + n // 2:hop + n // 2 + frames * hop]
+
+
+def test_envelope_filter_is_linear_convolution_by_frame():
+  """Against direct convolution, and: unit-density noise through a flat
+  log-mel L comes out with a mel of about L (Rayleigh magnitudes: the mean
+  |X| is sqrt(pi) / 2 of the RMS)."""
+  mc = afeat.MelConfig(sample_rate=SR, n_fft=256, win_length=200,
+                       hop_length=HOP, n_mels=N_MELS, fmin=0.0, fmax=None)
+  frames = 60
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, np.sqrt(0.5), frames * HOP).astype(np.float32)
+  mels = rng.uniform(-6, -2, (frames, N_MELS)).astype(np.float32)
+  got = np.asarray(nsf.envelope_filter(jnp.asarray(x)[None],
+                                       jnp.asarray(mels)[None], mc))[0]
+  want = _direct_envelope_filter(x.astype(np.float64), mels, mc)
+  np.testing.assert_allclose(got, want, atol=1e-4 * np.max(np.abs(want)))
+  flat = np.full((frames, N_MELS), -3.0, np.float32)
+  out = nsf.envelope_filter(jnp.asarray(x)[None], jnp.asarray(flat)[None], mc)
+  level = np.asarray(afeat.log_mel_spectrogram(out[0], mc))[5:-5]
+  assert abs(np.mean(level) - (-3.0 + np.log(np.sqrt(np.pi) / 2))) < 0.15
 
 
 def test_stft_loss_closed_forms():
