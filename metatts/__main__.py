@@ -131,7 +131,11 @@ def _adapt(args: argparse.Namespace) -> int:
     print(f"vocoder adapted for {args.vocoder_steps} steps: support loss "
           f"{v[0]:.4f} -> {v[-1]:.4f}")
   out = voice.save(args.out)
-  _store_for_say(voice, out)
+  from metatts import say_cache  # pylint: disable=g-import-not-at-top
+  try:  # the folder as saved: the entry is written only if it stays so
+    _store_for_say(voice, out, None, say_cache.fingerprint(out, None))
+  except OSError:
+    pass
   print(f"Saved the voice to {out}; speak with: python -m metatts say "
         f"--voice {out} \"Hello.\" -o out.wav")
   return 0
@@ -212,12 +216,13 @@ def _save_interrupted(e, out: str) -> int:
   return 130
 
 
-def _store_for_say(voice, directory: str, vocoder=None) -> None:
-  """Writes the voice's ``say`` cache entry (metatts.say_cache); a failure
-  costs the next ``say`` its speed, never this command."""
+def _store_for_say(voice, directory: str, vocoder=None, seen=None) -> None:
+  """Writes the voice's ``say`` cache entry (metatts.say_cache; ``seen``:
+  the folder's fingerprint before loading); a failure costs the next
+  ``say`` its speed, never this command."""
   from metatts import say_cache  # pylint: disable=g-import-not-at-top
   try:
-    say_cache.store(voice, directory, vocoder)
+    say_cache.store(voice, directory, vocoder, seen)
   except Exception:  # pylint: disable=broad-except
     pass
 
@@ -230,20 +235,27 @@ def _say(args: argparse.Namespace) -> int:
   out = check_wav_target(args.output)
   # A voice that spoke before speaks from its cache: no model is built and
   # neither flax nor Orbax is imported (metatts.say_cache); the same WAV.
-  audio = None
+  audio, seen = None, None
   cached = say_cache.load(args.voice, args.vocoder)
   if cached is not None:
     try:
       audio, sr = cached.synthesize(text, seed=args.seed)
       vocoder_name = cached.vocoder.name
-    except say_cache.compile_cache.TraceMissing:
-      audio = None  # a sentence of new shapes: load the voice below
+    except Exception:  # pylint: disable=broad-except
+      # A sentence of new shapes, or a damaged entry: load the voice below
+      # (which gives the same audio, or the real error for bad text).
+      audio = None
   if audio is None:
     from metatts import api  # pylint: disable=g-import-not-at-top
+    try:
+      seen = say_cache.fingerprint(args.voice, args.vocoder)
+    except OSError:
+      seen = None  # load_voice says what is wrong with the folder
     voice = api.load_voice(args.voice, vocoder=args.vocoder)
     audio, sr = voice.synthesize(text, seed=args.seed)
     vocoder_name = voice.tts.vocoder.name
-    _store_for_say(voice, args.voice, args.vocoder)
+    if seen is not None:
+      _store_for_say(voice, args.voice, args.vocoder, seen)
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
   # Written next to the target and renamed: an older file survives a kill.

@@ -63,17 +63,29 @@ def _entry_dir(voice_dir: str, vocoder: Optional[str]) -> Optional[str]:
 
 def fingerprint(voice_dir: str, vocoder: Optional[str]) -> str:
   """What a cached voice depends on: its files, ``--vocoder`` and the
-  environment (versions, jax flags, metatts source)."""
+  environment (versions, jax flags, metatts source).
+
+  Every file of the folder (symlinked folders followed; an unreadable one
+  raises) by relative path, size, modification and status-change time and
+  inode: a replacement of the same size with its timestamps copied
+  (``cp -p``, ``rsync -a``) still changes the inode or the ctime, which
+  user programs cannot set.
+  """
   h = hashlib.sha256(f"{FORMAT}\0{vocoder}\0".encode())
   h.update(compile_cache._environment_key().encode())  # pylint: disable=protected-access
   root = os.path.abspath(voice_dir)
-  for base, dirs, files in os.walk(root):
+
+  def fail(error):
+    raise error
+
+  for base, dirs, files in os.walk(root, onerror=fail, followlinks=True):
     dirs.sort()
     for name in sorted(files):
       path = os.path.join(base, name)
       st = os.stat(path)
       h.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0"
-               f"{st.st_mtime_ns}\0".encode())
+               f"{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0"
+               .encode())
   return h.hexdigest()
 
 
@@ -95,18 +107,27 @@ def _from_numpy(array: np.ndarray, key_impl: Optional[str], weak: bool):
   return array
 
 
-def store(voice: Any, voice_dir: str, vocoder: Optional[str]) -> bool:
-  """Writes the cache entry of a voice that has just spoken (CLI ``say``).
+def store(voice: Any, voice_dir: str, vocoder: Optional[str],
+          seen: Optional[str] = None) -> bool:
+  """Writes the cache entry of a voice just loaded or saved (CLI).
 
   Args:
-    voice: the :class:`metatts.api.Voice` loaded from ``voice_dir``.
+    voice: the :class:`metatts.api.Voice` loaded from (or saved to)
+      ``voice_dir``.
     voice_dir: its folder, as given to ``say --voice``.
     vocoder: the ``--vocoder`` argument.
+    seen: the folder's :func:`fingerprint` taken *before* the voice was
+      loaded (or right after it was saved); the entry is written only if
+      the folder still has it, so a voice replaced meanwhile (another
+      ``adapt --out``) is never cached under the new files' fingerprint.
+      None: taken now.
 
   Returns:
     Whether an entry was written. Nothing is written (False) when traces
-    are off, the vocoder is not Griffin-Lim, or the inference did not run
-    through a stored trace; an unwritable cache is skipped silently.
+    are off, the folder changed, or the vocoder is not Griffin-Lim chosen
+    explicitly (``--vocoder griffin-lim``, or ``voice.json`` saying
+    ``"vocoder": "griffin-lim"``: any other choice depends on files
+    outside the voice folder); an unwritable cache is skipped silently.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from metatts import vocoders  # pylint: disable=g-import-not-at-top
@@ -115,8 +136,11 @@ def store(voice: Any, voice_dir: str, vocoder: Optional[str]) -> bool:
   folder = _entry_dir(voice_dir, vocoder)
   voc = voice.vocoder
   if (folder is None or not isinstance(voc, vocoders.GriffinLimVocoder) or
-      not isinstance(infer, compile_cache.StoredJit)):
+      not isinstance(infer, compile_cache.StoredJit) or
+      not _griffin_lim_chosen(voice_dir, vocoder)):
     return False
+  if seen is None:
+    seen = fingerprint(voice_dir, vocoder)
   params = jax.tree_util.tree_leaves(voice.params)
   rest = jax.tree_util.tree_leaves(tts.rest)
   # The inference's argument tree (params, rest, then five arrays: tokens,
@@ -132,9 +156,10 @@ def store(voice: Any, voice_dir: str, vocoder: Optional[str]) -> bool:
   config = tts.config
   entry = {
       "format": FORMAT,
-      "fingerprint": fingerprint(voice_dir, vocoder),
+      "fingerprint": seen,
       "sample_rate": int(tts.feature_config.sample_rate),
-      "mel_config": dict(voc.mel_config._asdict()),
+      "mel_config": dict(tts.mel_config._asdict()),
+      "vocoder_mel_config": dict(voc.mel_config._asdict()),
       "griffin_lim_iters": int(voc.n_iter),
       "symbols": tts.symbols.name,
       "max_tokens": int(tts.max_tokens),
@@ -156,6 +181,9 @@ def store(voice: Any, voice_dir: str, vocoder: Optional[str]) -> bool:
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
     os.replace(tmp, os.path.join(folder, leaves_file))
+    if fingerprint(voice_dir, vocoder) != seen:  # replaced while we worked
+      os.remove(os.path.join(folder, leaves_file))
+      return False
     tmp = os.path.join(folder, f".{ENTRY_FILE}.tmp{os.getpid()}")
     with open(tmp, "w") as f:
       json.dump(entry, f)
@@ -166,6 +194,18 @@ def store(voice: Any, voice_dir: str, vocoder: Optional[str]) -> bool:
   except OSError:
     return False
   return True
+
+
+def _griffin_lim_chosen(voice_dir: str, vocoder: Optional[str]) -> bool:
+  """Whether ``say --voice voice_dir [--vocoder vocoder]`` is Griffin-Lim
+  by the argument or by the voice's own ``voice.json``."""
+  if vocoder is not None:
+    return vocoder == "griffin-lim"
+  try:
+    with open(os.path.join(voice_dir, "voice.json"), encoding="utf-8") as f:
+      return json.load(f).get("vocoder") == "griffin-lim"
+  except (OSError, ValueError, AttributeError):
+    return False
 
 
 class CachedVoice:
@@ -189,8 +229,9 @@ class CachedVoice:
     self.symbols = atext.symbol_set(entry["symbols"])
     self.max_tokens = int(entry["max_tokens"])
     self.config = types.SimpleNamespace(**entry["config"])
-    self.vocoder = vocoders.GriffinLimVocoder(self.mel_config,
-                                              entry["griffin_lim_iters"])
+    self.vocoder = vocoders.GriffinLimVocoder(
+        afeat.MelConfig(**entry["vocoder_mel_config"]),
+        entry["griffin_lim_iters"])
     infer = entry["infer"]
     call = compile_cache.StoredCall(infer["name"], infer["key"],
                                     infer["tree"])
@@ -222,12 +263,10 @@ def load(voice_dir: str, vocoder: Optional[str]) -> Optional[CachedVoice]:
   environment; also for an unreadable entry (it is rewritten by the next
   ``say`` that loads the voice).
   """
-  from metatts import atomic  # pylint: disable=g-import-not-at-top
   folder = _entry_dir(voice_dir, vocoder)
   if folder is None or not os.path.isdir(voice_dir):
     return None
   try:
-    atomic.recover(os.path.abspath(voice_dir))  # as load_voice does first
     with open(os.path.join(folder, ENTRY_FILE)) as f:
       entry = json.load(f)
     if entry.get("format") != FORMAT or \

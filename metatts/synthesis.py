@@ -185,8 +185,8 @@ def synthesize(tts, params, speaker_slot: int, text: str,
     pieces.append(audio)
     mels.append(mel)
     r = int(getattr(tts.config, "reduction_factor", 1))
-    aligns.append(np.asarray(out.alignment, np.float32)[
-        0, :-(-length // r), :ids.shape[0]])
+    aligns.append(np.ascontiguousarray(np.asarray(out.alignment, np.float32)[
+        0, :-(-length // r), :ids.shape[0]]))
   audio = np.concatenate(pieces).astype(np.float32)
   audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
   peak = float(np.max(np.abs(audio))) if audio.size else 0.0

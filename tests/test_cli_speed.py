@@ -340,26 +340,35 @@ def test_trace_keys_read_versions_without_importing_flax_or_optax():
 
 def test_say_speaks_from_the_voice_cache_without_the_model_stack(
     monkeypatch, tmp_path, capsys):
-  """``adapt`` writes the voice's say cache; once the inference was traced,
-  ``say`` in a new process speaks from it without importing flax, optax
-  or Orbax, and writes the same WAV bytes; any change to the voice folder
-  sends ``say`` back to loading the voice (which validates it)."""
+  """``adapt`` writes the voice's say cache; once the model's inference was
+  traced, ``say`` in a new process speaks from it without importing flax,
+  optax or Orbax, and writes the WAV bytes of the loaded voice; a damaged
+  entry or any change to the voice folder sends ``say`` back to loading
+  the voice (which validates it)."""
   from metatts import say_cache  # pylint: disable=g-import-not-at-top
   _fresh_store(monkeypatch, tmp_path)
   workdir = str(tmp_path / "model")
   make_export(workdir)
   clips = write_clips(str(tmp_path / "clips"))
-  voice_dir = str(tmp_path / "voice")
-  _new_functions()
-  assert cli.main(["adapt", "--model", workdir, "--clips", clips, "--out",
-                   voice_dir, "--steps", "2", "--no-progress"]) == 0
-  with compile_cache.storing_traces():  # as inside the CLI
-    assert say_cache.load(voice_dir, None) is not None  # written by adapt
-    assert say_cache.load(voice_dir, "griffin-lim") is None  # another entry
-  # No inference trace yet: this say loads the voice and stores the trace.
   words = ["Hello", "there."]
-  assert cli.main(["say", "--voice", voice_dir, "-o",
-                   str(tmp_path / "a.wav"), *words]) == 0
+
+  def adapt(name, steps):
+    voice_dir = str(tmp_path / name)
+    assert cli.main(["adapt", "--model", workdir, "--clips", clips, "--out",
+                     voice_dir, "--steps", str(steps), "--no-progress"]) == 0
+    return voice_dir
+
+  _new_functions()
+  first = adapt("first", 2)
+  with compile_cache.storing_traces():  # as inside the CLI
+    assert say_cache.load(first, None) is not None  # written by adapt
+    assert say_cache.load(first, "griffin-lim") is None  # another entry
+  # No inference trace yet: this say loads the voice and stores the trace.
+  assert cli.main(["say", "--voice", first, "-o", str(tmp_path / "a.wav"),
+                   *words]) == 0
+  # Another voice of the model: its entry, written by adapt, is what the
+  # next say speaks from (the traces are the model's, shared).
+  voice_dir = adapt("second", 4)
   code = (
       "import sys\n"
       "from metatts import __main__ as m\n"
@@ -375,8 +384,10 @@ def test_say_speaks_from_the_voice_cache_without_the_model_stack(
                        text=True, timeout=600, check=True,
                        env=dict(env, METATTS_COMPILE_CACHE=str(tmp_path)))
   assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
-  with open(tmp_path / "a.wav", "rb") as a, open(tmp_path / "b.wav", "rb") as b:
-    assert a.read() == b.read()
+  loaded, sr = api.load_voice(voice_dir).synthesize(" ".join(words))
+  aio.save_wav(str(tmp_path / "c.wav"), loaded, sr)
+  with open(tmp_path / "b.wav", "rb") as b, open(tmp_path / "c.wav", "rb") as c:
+    assert b.read() == c.read()
   # The cached voice speaks like the loaded one, sentence by sentence.
   with compile_cache.storing_traces():
     cached = say_cache.load(voice_dir, None)
@@ -384,6 +395,21 @@ def test_say_speaks_from_the_voice_cache_without_the_model_stack(
   want, _ = api.load_voice(voice_dir).synthesize("Hello there. How are you?",
                                                  seed=3)
   assert sr == SR and got.tobytes() == want.tobytes()
+  # A damaged entry (settings that fail, then junk) never fails a say.
+  with compile_cache.storing_traces():
+    folder = say_cache._entry_dir(voice_dir, None)  # pylint: disable=protected-access
+  entry_path = os.path.join(folder, say_cache.ENTRY_FILE)
+  with open(entry_path) as f:
+    entry = json.load(f)
+  entry["config"]["max_frames"] = 0
+  for damage in (json.dumps(entry), "{not json"):
+    with open(entry_path, "w") as f:
+      f.write(damage)
+    assert cli.main(["say", "--voice", voice_dir, "-o",
+                     str(tmp_path / "d.wav"), *words]) == 0
+    with open(tmp_path / "b.wav", "rb") as b, \
+        open(tmp_path / "d.wav", "rb") as d:
+      assert b.read() == d.read()
   # A hand-edited voice.json (here: another speaker slot) is a miss, so
   # say validates it again and refuses the bad slot.
   path = os.path.join(voice_dir, "voice.json")
@@ -396,8 +422,30 @@ def test_say_speaks_from_the_voice_cache_without_the_model_stack(
     assert say_cache.load(voice_dir, None) is None
   capsys.readouterr()
   assert cli.main(["say", "--voice", voice_dir, "-o",
-                   str(tmp_path / "c.wav"), "Hi."]) == 2
+                   str(tmp_path / "e.wav"), "Hi."]) == 2
   assert "speaker_slot" in capsys.readouterr().err
+
+
+def test_say_cache_is_written_only_for_the_folder_it_loaded(monkeypatch,
+                                                             tmp_path):
+  """A voice replaced between loading and storing (another adapt --out)
+  is not cached under the new files' fingerprint."""
+  from metatts import say_cache  # pylint: disable=g-import-not-at-top
+  _fresh_store(monkeypatch, tmp_path)
+  workdir = str(tmp_path / "model")
+  make_export(workdir)
+  clips = write_clips(str(tmp_path / "clips"))
+  voice_dir = str(tmp_path / "voice")
+  _new_functions()
+  assert cli.main(["adapt", "--model", workdir, "--clips", clips, "--out",
+                   voice_dir, "--steps", "1", "--no-progress"]) == 0
+  with compile_cache.storing_traces():
+    seen = say_cache.fingerprint(voice_dir, None)
+    voice = api.load_voice(voice_dir)
+    os.utime(os.path.join(voice_dir, "voice.json"))  # "replaced" meanwhile
+    assert not say_cache.store(voice, voice_dir, None, seen)
+    assert say_cache.store(voice, voice_dir, None)  # as it is now
+    assert say_cache.load(voice_dir, None) is not None
 
 
 def test_cli_fast_exit_keeps_the_status_and_the_messages(tmp_path):
