@@ -23,14 +23,20 @@ neural source-filter models of Wang, Takaki and Yamagishi (2019).
   (``VocoderBatch.f0``, WORLD DIO + StoneMask at the mel's frame times) and
   fits the predictor to it; synthesis uses the prediction, so the vocoder
   needs nothing but a mel (a Tacotron's output works).
-* **Envelope** (``envelope=True``, the default). A full-band excitation
-  (unit harmonics of F0 up to Nyquist, or unit noise where unvoiced) is
-  shaped in the STFT domain by the spectral envelope the mel itself gives
-  back (the pseudo-inverse of the mel filterbank), as LPCNet computes its
-  linear prediction from the features (:func:`shaped_excitation`). This DSP
-  signal is both an input of the filter and, times a learned gain, the base
-  of the output; the filter adds its correction (its last layer starts at
-  zero, so the untrained model is the DSP vocoder).
+* **Envelope** (``envelope=True``, the default). A DSP vocoder from the
+  mel alone, as LPCNet computes its linear prediction from the features:
+  with ``shaping="convolution"`` (the sizes' default,
+  :func:`convolved_excitation`) zero-phase pulses at F0 (every harmonic
+  below Nyquist) or noise where unvoiced, of one spectral density, are
+  filtered hop by hop by linear convolution with the zero-phase impulse
+  response of the spectral envelope the mel gives back (the pseudo-inverse
+  of the mel filterbank); with ``"stft"`` (session 10's,
+  :func:`shaped_excitation`) random-phase harmonics are reshaped bin by bin
+  in the STFT domain, which cost about 0.1 of speaker similarity
+  (docs/results/vocoder.md). This DSP signal is both an input of the filter
+  and, times a learned gain, the base of the output; the filter adds its
+  correction (its last layer starts at zero, so the untrained model is the
+  DSP vocoder).
 * **Filter.** ``metatts.models.wavenet.ResidualLayer`` blocks (dilations
   ``1, 2, ..., 2**(L-1)`` per stack) over the source (and the shaped
   excitation), conditioned on the mel through WaveNet's transposed-
@@ -62,6 +68,8 @@ References:
     classification over log-spaced bins, local weighted-average decoding).
   J.-M. Valin, J. Skoglund, "LPCNet: Improving neural speech synthesis
     through linear prediction", ICASSP 2019 (the envelope from the features).
+  A. V. Oppenheim, R. W. Schafer, "Discrete-Time Signal Processing"
+    (overlap-add linear convolution by FFT; the Dirichlet kernel).
 """
 
 from __future__ import annotations
