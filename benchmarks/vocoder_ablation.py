@@ -8,7 +8,8 @@ against the real clip of:
   the filter's correction; the clip the evaluation judged,
   ``samples/vocoded``);
 * ``griffin_lim``: metatts's Griffin-Lim (32 iterations) of the same mel;
-* ``dsp_pred_f0``: the DSP half alone (``gain x shaped_excitation``) with the
+* ``dsp_pred_f0``: the DSP half alone (``gain x`` the model's
+  ``convolved_excitation`` or, for ``shaping="stft"``, ``shaped_excitation``) with the
   predicted F0, i.e. the trained model without its filter's correction;
 * ``dsp_analysed_f0``: the DSP half with the clip's own WORLD F0, an oracle
   no TTS mel has, which says what a better F0 predictor could reach.
@@ -42,7 +43,11 @@ model, params, info, _ = export.load_exported(os.path.join(W, "vocoder", "model"
 cfg = model.config; mc = cfg.mel_config()
 gl = vocoders.GriffinLimVocoder(mc)
 manifest = json.load(open(os.path.join(W, "samples", "manifest.json")))["speakers"]
-shaped_fn = jax.jit(lambda m, f, k: nsf.shaped_excitation(m, f, k, mc, cfg.harmonics))
+# The model's own DSP half (its shaping: convolution, or session 10's STFT reshaping).
+if getattr(cfg, "shaping", "stft") == "convolution":
+  shaped_fn = jax.jit(lambda m, f, k: nsf.convolved_excitation(m, f, k, mc))
+else:
+  shaped_fn = jax.jit(lambda m, f, k: nsf.shaped_excitation(m, f, k, mc, cfg.harmonics))
 pred_fn = jax.jit(lambda m: model.predict_f0(m))
 rows = {}
 f0err = []
