@@ -11,7 +11,8 @@ experiment's vocoder stage runs (``experiment = "vocoder"``):
 
 1. the source-filter WaveNet (``metatts.models.nsf``, size ``base``: 2 x 8
    gated dilated causal layers of kernel 3 over a harmonic-plus-noise
-   excitation, F0 predicted from the mel) is pre-trained on windows of all
+   source and the DSP half, zero-phase pulses filtered by the mel
+   envelope's response; F0 predicted from the mel) is pre-trained on windows of all
    training speakers with the multi-resolution STFT loss (method
    ``transfer``: Adam, pooled speaker tasks), resuming from checkpoints;
    then its F0 predictor is fitted alone on longer windows
@@ -25,7 +26,9 @@ Measured (docs/results/vocoder.md): session 9, the 4000 steps took about
 48 min with the data and F0 analysis, the held-out adaptation table about
 10 min, the resynthesis 24 s and the judges about 4 min. Session 10, on a
 machine shared with other runs, the whole run (with the F0 predictor's own
-27-s stage and the table's MCD) took 82 min, 57 of them training.
+27-s stage and the table's MCD) took 82 min, 57 of them training. Session
+11 (the DSP half by convolution), shared with the test suite most of the
+time, with ``--config.adapt.shots=(5,)``: 90 min, 64 of them training.
 
 ``vocoder.py:meta`` meta-learns the vocoder for speaker adaptation
 (Reptile over speaker tasks of windows, 5 inner SGD steps) starting from
