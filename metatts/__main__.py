@@ -131,11 +131,7 @@ def _adapt(args: argparse.Namespace) -> int:
     print(f"vocoder adapted for {args.vocoder_steps} steps: support loss "
           f"{v[0]:.4f} -> {v[-1]:.4f}")
   out = voice.save(args.out)
-  from metatts import say_cache  # pylint: disable=g-import-not-at-top
-  try:  # the folder as saved: the entry is written only if it stays so
-    _store_for_say(voice, out, None, say_cache.fingerprint(out, None))
-  except OSError:
-    pass
+  _store_for_say(voice, out)  # fingerprinted as saved, written if it stays so
   print(f"Saved the voice to {out}; speak with: python -m metatts say "
         f"--voice {out} \"Hello.\" -o out.wav")
   return 0

@@ -36,6 +36,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -211,18 +212,8 @@ def _encode_tree(treedef) -> Any:
   raise TypeError(f"cannot store a tree with a {kind!r} node")
 
 
-def _decode_example(data: Any) -> Any:
-  """An object whose tree structure is the encoded one (leaves are 0)."""
-  if data == "*":
-    return 0
-  if data is None:
-    return None
-  if "tuple" in data:
-    return tuple(_decode_example(c) for c in data["tuple"])
-  if "list" in data:
-    return [_decode_example(c) for c in data["list"]]
-  if "dict" in data:
-    return {k: _decode_example(c) for k, c in data["dict"]}
+def _stored_class(data: Any) -> type:
+  """The NamedTuple class an encoded node names, from an imported module."""
   module, qualname = data["namedtuple"].split(":")
   # Only a class this process has already imported: a cache file never
   # makes us import anything.
@@ -232,27 +223,35 @@ def _decode_example(data: Any) -> Any:
   if not (isinstance(cls, type) and issubclass(cls, tuple) and
           len(getattr(cls, "_fields", ())) == len(data["fields"])):
     raise TypeError(f"{data['namedtuple']} is not the stored NamedTuple")
-  return cls(*[_decode_example(c) for c in data["fields"]])
+  return cls
 
 
-def _rebuild(data: Any, leaves: Iterator[Any]) -> Any:
-  """The encoded output tree filled with ``leaves``, without its classes: a
-  NamedTuple comes back as a ``collections.namedtuple`` of the stored field
-  names (:class:`StoredCall`, which may run before the class's module is
-  imported)."""
+def _rebuild(data: Any, leaves: Iterator[Any], classes: bool = False) -> Any:
+  """The encoded tree filled with ``leaves``.
+
+  With ``classes`` its NamedTuples are the stored classes (which must be
+  imported already); without, ``collections.namedtuple``s of the stored
+  field names (:class:`StoredCall`, which may run before the class's
+  module is imported).
+  """
   if data == "*":
     return next(leaves)
   if data is None:
     return None
   if "tuple" in data:
-    return tuple(_rebuild(c, leaves) for c in data["tuple"])
+    return tuple(_rebuild(c, leaves, classes) for c in data["tuple"])
   if "list" in data:
-    return [_rebuild(c, leaves) for c in data["list"]]
+    return [_rebuild(c, leaves, classes) for c in data["list"]]
   if "dict" in data:
-    return {k: _rebuild(c, leaves) for k, c in data["dict"]}
-  cls = collections.namedtuple(data["namedtuple"].split(":")[1].split(".")[-1],
-                               data["names"])
-  return cls(*[_rebuild(c, leaves) for c in data["fields"]])
+    return {k: _rebuild(c, leaves, classes) for k, c in data["dict"]}
+  cls = _stored_class(data) if classes else collections.namedtuple(
+      data["namedtuple"].split(":")[1].split(".")[-1], data["names"])
+  return cls(*[_rebuild(c, leaves, classes) for c in data["fields"]])
+
+
+def _decode_example(data: Any) -> Any:
+  """An object whose tree structure is the encoded one (leaves are 0)."""
+  return _rebuild(data, itertools.repeat(0), classes=True)
 
 
 def _device():
