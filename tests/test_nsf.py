@@ -408,3 +408,32 @@ def test_vocoder_experiment_smoke(tmp_path):
     assert sr == sr2 and voc.shape == real.shape
   assert json.load(open(os.path.join(w, "vocoder.json")))["clips"] == len(
       refs)
+  # The held-out protocol with resampled support windows: the first 5 steps
+  # see the same windows as the fixed protocol, later steps new ones.
+  from metatts import functional  # pylint: disable=g-import-not-at-top
+  from metatts.experiments import data as edata  # pylint: disable=g-import-not-at-top
+  from metatts.experiments import vocoder as evoc  # pylint: disable=g-import-not-at-top
+  from metatts.training import export  # pylint: disable=g-import-not-at-top
+  model, params, _, _ = export.load_exported(os.path.join(w, "vocoder",
+                                                          "model"))
+  graphdef, _, rest = functional.split(model)
+  data = edata.prepare_data(c, progress=False)
+  saved = json.load(open(os.path.join(w, "vocoder", "heldout.json")))
+  assert saved["protocol"] == dict(evoc.heldout_protocol(c), mcd=True,
+                                   trained_steps=2, method="transfer")
+  c.adapt.steps = (0, 5, 10)
+  fixed = evoc.heldout_protocol(c)
+  c.vocoder.heldout_resample = True
+  fresh = evoc.heldout_protocol(c)
+  assert fresh == dict(fixed, resample=True)
+  tables = [evoc.heldout_adaptation(graphdef, rest, params, data.heldout,
+                                    data.feature_config, "nsf", p)
+            for p in (fixed, fresh)]
+  for split in saved["per_speaker"]:
+    # The refactored function gives the experiment's table.
+    assert tables[0][0][split]["1"]["0"] == saved["per_speaker"][split]["1"][
+        "0"]
+    (a, _), (b, _) = tables
+    assert a[split]["1"]["0"] == b[split]["1"]["0"]
+    assert a[split]["1"]["5"] == b[split]["1"]["5"]
+    assert a[split]["1"]["10"] != b[split]["1"]["10"]

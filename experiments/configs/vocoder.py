@@ -37,8 +37,20 @@ the study's export, ``runs/vocoder/vocoder/model``, so run the study first::
   .venv/bin/python experiments/main.py \
       --config experiments/configs/vocoder.py:meta --workdir runs/vocoder-meta
 
-Its held-out loss after 5 steps is compared with the pre-trained vocoder's
-after 100 (both adapted by the same SGD protocol, ``vocoder.json``).
+Its held-out loss and MCD after 5 steps are compared, speaker by speaker,
+with the pre-trained vocoder's after 100 and with an equal-budget
+``transfer`` control's, all adapted by one SGD protocol::
+
+  .venv/bin/python experiments/main.py \
+      --config experiments/configs/vocoder.py --workdir runs/vocoder-control \
+      --config.vocoder.init_from=runs/vocoder/vocoder/model \
+      --config.vocoder.num_steps=1500 --config.vocoder.f0_steps=0 \
+      --config.eval.enabled=False
+  .venv/bin/python benchmarks/vocoder_adaptation.py --resample \
+      --vocoder meta=runs/vocoder-meta/vocoder/model \
+      --vocoder fine-tuned=runs/vocoder/vocoder/model \
+      --vocoder control=runs/vocoder-control/vocoder/model \
+      --out runs/vocoder-adaptation.json
 
 ``vocoder.py:smoke`` is the same path on the smoke corpus with the tiny
 model and a few steps (tests use it).

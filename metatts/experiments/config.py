@@ -146,6 +146,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.vocoder.clips_per_speaker = 4
   c.vocoder.eval_speakers = 2
   c.vocoder.eval_clips = 2
+  # Held-out adaptation: after the first 5 steps, new random windows of the
+  # support clips for every further 5 steps (False: one window per clip for
+  # all steps, the protocol of sessions 9-11).
+  c.vocoder.heldout_resample = False
   # The source-filter vocoder's F0 predictor, fitted alone after the filter
   # (metatts.models.nsf.fit_f0_predictor) on longer windows than the
   # filter's; 0 steps = only its share of the joint loss.

@@ -528,6 +528,7 @@ def tts_rules() -> Dict[str, Any]:
       "vocoder.clips_per_speaker": Int(1),
       "vocoder.eval_speakers": Int(1),
       "vocoder.eval_clips": Int(1),
+      "vocoder.heldout_resample": Bool(),
       "vocoder.f0_steps": Int(0),
       "vocoder.f0_window_frames": Int(1),
       "vocoder.f0_batch": Int(1),

@@ -168,6 +168,107 @@ def vocoder_tasks(clips: Mapping[str, list], n: int, k: int, q: int,
   return Task(_stack(sup), _stack(qry))
 
 
+def heldout_protocol(config) -> dict:
+  """The held-out adaptation protocol of a vocoder config, as plain values.
+
+  ``resample`` (``config.vocoder.heldout_resample``): after the first five
+  steps, every further chunk of five steps adapts on new random windows of
+  the same support clips (as a user fine-tuning on their clips would),
+  instead of the same window per clip for all steps. The first five steps
+  see the same windows either way.
+  """
+  v = config.vocoder
+  out = {"steps": sorted({int(s) for s in config.adapt.steps}),
+         "shots": sorted({int(k) for k in config.adapt.shots}),
+         "eval_speakers": int(v.eval_speakers),
+         "eval_clips": int(v.eval_clips), "lr": float(v.inner_lr),
+         "window_frames": int(v.window_frames), "seed": int(config.seed)}
+  if bool(v.get("heldout_resample", False)):  # older tables lack the key
+    out["resample"] = True
+  return out
+
+
+def heldout_adaptation(graphdef, rest, params, heldout, fc, model_name: str,
+                       protocol: Mapping, log=None):
+  """The vocoder's held-out loss (and MCD) after few-shot adaptation.
+
+  For each held-out speaker (the first ``eval_speakers`` of each split, in
+  sorted order): the loss on windows of ``eval_clips`` evaluation clips after
+  adapting all parameters on 1 window of each of ``k`` support clips for each
+  step count (SGD at ``lr``, in chunks of 5 steps), and for the
+  source-filter model the MCD of the evaluation clips' full resynthesis. The
+  windows depend only on the protocol's seed and the speaker's clips, so two
+  vocoders judged by one protocol see the same windows (a paired
+  comparison).
+
+  Args:
+    graphdef, rest, params: the vocoder (``functional.split``).
+    heldout: split -> speaker -> examples (``Data.heldout``).
+    fc: the features' config.
+    model_name: ``"nsf"`` or ``"wavenet"``.
+    protocol: :func:`heldout_protocol`'s dict.
+    log: optional ``log(str)`` per speaker.
+
+  Returns:
+    ``(loss, mcd)``, each split -> str(shots) -> str(steps) -> one value per
+    speaker (``mcd`` is empty for the WaveNet).
+  """
+  from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
+  steps, shots = list(protocol["steps"]), list(protocol["shots"])
+  frames, seed = int(protocol["window_frames"]), int(protocol["seed"])
+  resample = bool(protocol.get("resample", False))
+  loss_fn = functional.make_loss_fn(graphdef, rest)
+  opt = optax.sgd(float(protocol["lr"]))
+  pred = functional.filter_for("all")
+
+  @jax.jit
+  def nll(p, batch):
+    return loss_fn(p, batch)[0]
+
+  def chunk(p, batch, n):
+    return meta.adapt(p, batch, loss_fn, inner_optimizer=opt, num_steps=n,
+                      filter=pred)[0]
+
+  chunk = jax.jit(chunk, static_argnums=(2,))
+  # The source-filter vocoder is fast enough to resynthesize the evaluation
+  # clips after every step count: their MCD against the real clip (dB).
+  mcd_of = _mcd_function(graphdef, rest, fc) if model_name == "nsf" else None
+  table: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+  mcd_table: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+  batch = lambda rng, cs: jax.tree.map(  # noqa: E731
+      jnp.asarray, wavenet.make_vocoder_batch(rng, cs, frames, fc.hop_length))
+  for split, spk_map in heldout.items():
+    for si, spk in enumerate(sorted(spk_map)[:int(protocol["eval_speakers"])]):
+      exs = spk_map[spk]
+      if len(exs) < max(shots) + 1:
+        continue
+      pairs = _clip_pairs(exs[:max(shots) + int(protocol["eval_clips"])], fc,
+                          model_name)
+      erng = np.random.default_rng([seed, 99])
+      query = batch(erng, pairs[max(shots):])
+      for k in shots:
+        sup = batch(erng, pairs[:k])
+        p, done = params, 0
+        for s in steps:
+          while done < s:
+            n = min(5, s - done)
+            if resample and done >= 5:
+              sup = batch(np.random.default_rng([seed, 98, si, k, done]),
+                          pairs[:k])
+            p = chunk(p, sup, n)
+            done += n
+          table.setdefault(split, {}).setdefault(str(k), {}).setdefault(
+              str(s), []).append(float(nll(p, query)))
+          if mcd_of is not None:
+            mcd_table.setdefault(split, {}).setdefault(str(k), {}).setdefault(
+                str(s), []).append(mcd_of(p, pairs[max(shots):]))
+      if log is not None:
+        log(f"[vocoder] held-out {split} {spk}: " + ", ".join(
+            f"{k} clips @{steps[-1]} loss {table[split][str(k)][str(steps[-1])][-1]:.3f}"
+            for k in shots))
+  return table, mcd_table
+
+
 def train_vocoder(config, data: Data, workdir: str) -> dict:
   """Meta-trains the WaveNet-style vocoder and measures held-out NLL.
 
@@ -175,9 +276,9 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
   ``config.vocoder.method``, ``loop.train``, export to
   ``WORKDIR/vocoder/model``; then, per held-out speaker, the query NLL
   (nats/sample) on windows of its evaluation clips after adapting on 1..K
-  support clips for each step count of the protocol (SGD, all parameters).
+  support clips for each step count of the protocol (SGD, all parameters;
+  :func:`heldout_adaptation`).
   """
-  from metatts.models import wavenet  # pylint: disable=g-import-not-at-top
   v, fc = config.vocoder, data.feature_config
   model_name, vcfg = _vocoder_model_config(config, fc)
   graphdef, params0, rest = base.build_params(model_name, vcfg,
@@ -201,7 +302,6 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
   for s in speakers:
     clips[s] = _clip_pairs(data.train[s][:int(v.clips_per_speaker)], fc,
                            model_name)
-  pred = functional.filter_for("all")
   learner_name = (methods.get(v.method).learner_name
                   if v.method in methods.METHODS else v.method)
   # The learner of the vocoder's method, with the vocoder's rates.
@@ -242,63 +342,23 @@ def train_vocoder(config, data: Data, workdir: str) -> dict:
       adapt={"filter": "all", "optimizer": "sgd", "lr": float(v.inner_lr),
              "default_steps": int(config.adapt.default_steps),
              "speaker_slot": 0})
-  # Held-out NLL after adaptation (same steps and shots as the TTS protocol).
-  steps = sorted({int(s) for s in config.adapt.steps})
-  shots = sorted({int(k) for k in config.adapt.shots})
-  opt = optax.sgd(float(v.inner_lr))
-
-  @jax.jit
-  def nll(p, batch):
-    return loss_fn(p, batch)[0]
-
-  def chunk(p, batch, n):
-    return meta.adapt(p, batch, loss_fn, inner_optimizer=opt, num_steps=n,
-                      filter=pred)[0]
-
-  chunk = jax.jit(chunk, static_argnums=(2,))
-  # The source-filter vocoder is fast enough to resynthesize the evaluation
-  # clips after every step count: their MCD against the real clip (dB).
-  mcd_of = _mcd_function(graphdef, rest, fc) if model_name == "nsf" else None
-  table: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
-  mcd_table: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
-  # The held-out table is saved, and reused by a rerun of the same protocol
-  # on the same trained vocoder (it takes minutes).
+  # Held-out loss after adaptation (same steps and shots as the TTS protocol).
+  # The table is saved, and reused by a rerun of the same protocol on the
+  # same trained vocoder (it takes minutes).
   held_path = os.path.join(vdir, "heldout.json")
-  key = {"steps": steps, "shots": shots, "eval_speakers": int(v.eval_speakers),
-         "eval_clips": int(v.eval_clips), "lr": float(v.inner_lr),
-         "window_frames": int(v.window_frames), "mcd": mcd_of is not None,
-         "trained_steps":
-         int(v.num_steps), "method": str(v.method), "seed": int(config.seed)}
+  key = dict(heldout_protocol(config), trained_steps=int(v.num_steps),
+             method=str(v.method), mcd=model_name == "nsf")
+  table, mcd_table = {}, {}
   if os.path.isfile(held_path):
     with open(held_path) as f:
       saved = json.load(f)
     if saved.get("protocol") == key:
       table = saved["per_speaker"]
       mcd_table = saved.get("mcd_per_speaker", {})
-  for split, spk_map in ({} if table else data.heldout).items():
-    for spk in sorted(spk_map)[:int(v.eval_speakers)]:
-      exs = spk_map[spk]
-      if len(exs) < max(shots) + 1:
-        continue
-      pairs = _clip_pairs(exs[:max(shots) + int(v.eval_clips)], fc,
-                          model_name)
-      erng = np.random.default_rng([int(config.seed), 99])
-      query = jax.tree.map(jnp.asarray, wavenet.make_vocoder_batch(
-          erng, pairs[max(shots):], int(v.window_frames), fc.hop_length))
-      for k in shots:
-        sup = jax.tree.map(jnp.asarray, wavenet.make_vocoder_batch(
-            erng, pairs[:k], int(v.window_frames), fc.hop_length))
-        p, done = params, 0
-        for s in steps:
-          while done < s:
-            n = min(5, s - done)
-            p = chunk(p, sup, n)
-            done += n
-          table.setdefault(split, {}).setdefault(str(k), {}).setdefault(
-              str(s), []).append(float(nll(p, query)))
-          if mcd_of is not None:
-            mcd_table.setdefault(split, {}).setdefault(str(k), {}).setdefault(
-                str(s), []).append(mcd_of(p, pairs[max(shots):]))
+  if not table:
+    table, mcd_table = heldout_adaptation(
+        graphdef, rest, params, data.heldout, fc, model_name,
+        heldout_protocol(config), log=_say)
   with open(held_path, "w") as f:
     json.dump({"protocol": key, "per_speaker": table,
                "mcd_per_speaker": mcd_table}, f, indent=1)
@@ -411,4 +471,5 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-__all__ = ["run", "train_vocoder", "vocode_references", "vocoder_tasks"]
+__all__ = ["heldout_adaptation", "heldout_protocol", "run", "train_vocoder",
+           "vocode_references", "vocoder_tasks"]
