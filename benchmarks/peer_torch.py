@@ -26,7 +26,16 @@ Workloads (those of issue 14):
 * ``mlp-large``: MLP 32-1024-1024-1024-32 (2.2 M parameters), N=4, K=Q=10;
 * ``lstm``: an LSTM with 64 units over 100 frames of 80 features and a
   linear read-out to 80, N=4, K=Q=5 (the shape of a TTS decoder's
-  recurrence), mean squared error against a target sequence.
+  recurrence), mean squared error against a target sequence;
+* ``tts-decoder``: the decoder of the duration Tacotron that speaks
+  (``experiments/configs/speech.py``: ``ParallelDecoder`` of size ``tiny``,
+  a linear layer 80 -> 128, 4 residual blocks of a 5-tap convolution,
+  LayerNorm and ReLU, a linear layer to 80 mels; 0.35 M parameters), run on
+  the metatts side by metatts's own module (``functional.merge``), and on the
+  PyTorch side by ``conv1d`` and ``layer_norm`` with the same parameters;
+  N=4 tasks of K=Q=4 clips of 200 frames of 80 features (the upsampled
+  encoder output and speaker vector), mean squared error against a per-task
+  target.
 
 Usage::
 
@@ -74,6 +83,8 @@ WORKLOADS = {
     "mlp-large": dict(kind="mlp", sizes=(32, 1024, 1024, 1024, 32), n=4,
                       k=10, q=10),
     "lstm": dict(kind="lstm", hidden=64, frames=100, dim=80, n=4, k=5, q=5),
+    "tts-decoder": dict(kind="tts-decoder", frames=200, dim=80, n=4, k=4,
+                        q=4),
 }
 ALGORITHMS = ("maml", "fomaml", "reptile")
 INNER_LR = 0.01
@@ -100,6 +111,14 @@ def make_workload(name: str, seed: int = 0):
     x = rng.normal(size=(n, k + q, d_in))
     w_task = rng.normal(size=(n, d_in, d_out)) / np.sqrt(d_in)
     y = np.tanh(np.einsum("npi,nio->npo", x, w_task))
+  elif w["kind"] == "tts-decoder":
+    _, treedef_leaves = _tts_decoder(seed)
+    names = [name for name, _ in treedef_leaves]
+    params = [np.asarray(leaf) for _, leaf in treedef_leaves]
+    t, d = w["frames"], w["dim"]
+    x = rng.normal(size=(n, k + q, t, d))
+    w_task = rng.normal(size=(n, d, d)) / np.sqrt(d)
+    y = np.tanh(np.einsum("npti,nio->npto", x, w_task))
   else:
     h, t, d = w["hidden"], w["frames"], w["dim"]
     names = ["wx", "wh", "b", "wo", "bo"]
@@ -116,6 +135,22 @@ def make_workload(name: str, seed: int = 0):
 
 
 # ---------------------------------------------------------------- the models
+
+def _tts_decoder(seed: int = 0):
+  """metatts's duration-Tacotron decoder (size tiny, 80 input features):
+  ``((graphdef, rest, treedef), [(name, leaf)])`` with the parameters in
+  flatten order, named by their path."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from metatts import functional  # pylint: disable=g-import-not-at-top
+  from metatts.models import duration_tacotron as dt  # pylint: disable=g-import-not-at-top
+  model = dt.ParallelDecoder(dt.duration_tacotron_config("tiny"),
+                             WORKLOADS["tts-decoder"]["dim"],
+                             rngs=nnx.Rngs(seed))
+  graphdef, tree, rest = functional.split(model)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  named = [(jax.tree_util.keystr(path), leaf) for path, leaf in leaves]
+  return (graphdef, rest, treedef), named
+
 # The same maths on both sides: ReLU MLP with a linear output; an LSTM with
 # gates (i, f, g, o) in one matmul, zero initial state, linear read-out.
 
@@ -145,7 +180,18 @@ def jax_loss(kind: str, names: List[str]) -> Callable:
     _, hs = jax.lax.scan(cell, (zeros, zeros), xs)
     return jnp.swapaxes(hs, 0, 1) @ p["wo"] + p["bo"]
 
-  apply = mlp if kind == "mlp" else lstm
+  models = {"mlp": mlp, "lstm": lstm}
+  if kind == "tts-decoder":
+    from metatts import functional  # pylint: disable=g-import-not-at-top
+    (graphdef, rest, treedef), _ = _tts_decoder()
+
+    def decoder(p, x):
+      tree = jax.tree_util.tree_unflatten(treedef, [p[n] for n in names])
+      mask = jnp.ones(x.shape[:2], bool)
+      return functional.merge(graphdef, tree, rest)(x, mask, None)
+
+    models[kind] = decoder
+  apply = models[kind]
 
   def loss_fn(params, batch):
     x, y = batch
@@ -180,7 +226,25 @@ def torch_loss(kind: str, names: List[str]) -> Callable:
       outs.append(h)
     return torch.stack(outs, 1) @ wo + bo
 
-  apply = mlp if kind == "mlp" else lstm
+  def tts_decoder(p, x):
+    get = lambda n: p[index[n]]  # noqa: E731
+    h = torch.relu(x @ get("['inp']['kernel']") + get("['inp']['bias']"))
+    blocks = sorted({n.split("]")[1] for n in names if n.startswith(
+        "['convs']")})
+    for b in blocks:
+      pre = f"['convs']{b}]"
+      kernel = get(pre + "['conv']['conv']['kernel']")  # [taps, in, out]
+      y = torch.nn.functional.conv1d(
+          h.transpose(-1, -2), kernel.permute(2, 1, 0),
+          get(pre + "['conv']['conv']['bias']"),
+          padding=kernel.shape[0] // 2).transpose(-1, -2)
+      y = torch.nn.functional.layer_norm(
+          y, (y.shape[-1],), get(pre + "['norm']['scale']"),
+          get(pre + "['norm']['bias']"), eps=1e-6)
+      h = h + torch.relu(y)
+    return h @ get("['out']['kernel']") + get("['out']['bias']")
+
+  apply = {"mlp": mlp, "lstm": lstm, "tts-decoder": tts_decoder}[kind]
 
   def loss(p, x, y):
     return torch.mean((apply(p, x) - y) ** 2)
