@@ -36,7 +36,8 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(
 def test_registry_names_learners_and_new_voices():
   assert set(methods.METHODS) == {
       "transfer", "multitask", "zeroshot", "meta-maml", "meta-fomaml",
-      "meta-metasgd", "meta-reptile", "meta-imaml", "scratch"}
+      "meta-metasgd", "meta-reptile", "meta-imaml", "meta-maml-encoder",
+      "meta-fomaml-encoder", "scratch"}
   for name, m in methods.METHODS.items():
     assert m.name == name
     assert m.new_voice in base.NEW_VOICE
@@ -44,6 +45,7 @@ def test_registry_names_learners_and_new_voices():
   assert methods.get("transfer").new_voice == "mean_row"
   assert methods.get("zeroshot").new_voice == "encoder"
   assert methods.get("meta-fomaml").slot_tasks
+  assert methods.get("meta-maml-encoder").new_voice == "encoder"
   assert not methods.get("scratch").trains
   assert set(methods.trained()) == set(methods.METHODS) - {"scratch"}
   with pytest.raises(ValueError, match="meta-foo.*known methods"):
@@ -299,3 +301,65 @@ def test_init_from_fraction_splits_one_budget_between_source_and_method():
   t.init_from_fraction, t.init_from = 0.5, "/some/export"
   with pytest.raises(ValueError, match="name a trained method"):
     base.init_source(t)
+
+
+def _encoder_start(rng_seed=0):
+  """``meta-fomaml-encoder``'s setup warm-started from a table export, with
+  a random offset, and a batch of one speaker's clips (a task's)."""
+  from metatts.methods import meta_encoder  # pylint: disable=g-import-not-at-top
+  ctx, params = _context()
+  ctx.config.train.speaker_encoder_size = "tiny"
+  m = methods.get("meta-fomaml-encoder")
+  setup = m.setup(ctx, jax.tree.map(lambda x: x + 0.5, params))
+  rng = np.random.default_rng(rng_seed)
+  p = dict(setup.params)
+  p[meta_encoder.OFFSET] = jnp.asarray(
+      rng.standard_normal(p[meta_encoder.OFFSET].shape), jnp.float32)
+  batch = _batch(rng)._replace(speaker_ids=jnp.asarray([3, 3, 3], jnp.int32))
+  return ctx, m, setup, p, batch
+
+
+def test_meta_encoder_folds_its_offset_into_the_exported_projection():
+  """The exported zero-shot model, given the encoder's vector, computes
+  what the trained one computed with vector + offset."""
+  from metatts.methods import meta_encoder  # pylint: disable=g-import-not-at-top
+  from metatts.methods import zeroshot  # pylint: disable=g-import-not-at-top
+  ctx, m, setup, p, batch = _encoder_start()
+  assert m.new_voice == "encoder" and m.learner_name == "fomaml"
+  assert set(setup.params) == {"acoustic", "speaker_encoder",
+                               meta_encoder.OFFSET}
+  np.testing.assert_array_equal(np.asarray(setup.params[meta_encoder.OFFSET]),
+                                0.0)
+  graphdef, rest, egd, erest, _ = zeroshot.build(ctx, 0)
+  plain = zeroshot.ZeroShotLoss(graphdef, rest, egd, erest)
+  trained, _ = setup.loss_fn(p, batch)
+  folded = meta_encoder.fold_offset(p)
+  assert set(folded) == {"acoustic", "speaker_encoder"}
+  exported, _ = plain(folded, batch)
+  np.testing.assert_allclose(float(exported), float(trained), rtol=1e-5)
+  # The offset matters (so the equality above is not vacuous).
+  unfolded, _ = plain({k: p[k] for k in folded}, batch)
+  assert abs(float(unfolded) - float(trained)) > 1e-3 * abs(float(trained))
+
+
+def test_meta_encoder_inner_loop_adapts_offset_and_filter_not_the_encoder():
+  from metatts.methods import meta_encoder  # pylint: disable=g-import-not-at-top
+  ctx, m, setup, p, batch = _encoder_start(1)
+  t = ml_collections.ConfigDict({
+      "inner_lr": 1e-5, "outer_lr": 1e-3, "inner_steps": {"fomaml": 1},
+      "reptile_epsilon": 0.5})
+  learner = m.learner(t, "speaker+decoder")
+  state = learner.init(p)
+  adapted, losses = learner.adapt(state, batch, setup.loss_fn, num_steps=2)
+  assert float(losses[-1]) < float(losses[0])
+  moved = {jax.tree_util.keystr(k): not np.array_equal(np.asarray(a),
+                                                       np.asarray(b))
+           for (k, a), b in zip(jax.tree_util.tree_leaves_with_path(p),
+                                jax.tree_util.tree_leaves(adapted))}
+  enc = [k for k in moved if k.startswith("['speaker_encoder']")]
+  assert enc and not any(moved[k] for k in enc)
+  assert moved[f"['{meta_encoder.OFFSET}']"]
+  assert any(v for k, v in moved.items() if "['decoder']" in k)
+  assert any(v for k, v in moved.items() if "['proj']" in k)
+  text = [k for k in moved if k.startswith("['acoustic']['encoder']")]
+  assert text and not any(moved[k] for k in text)

@@ -180,3 +180,40 @@ def test_export_loads_back(zs):
         symbols=zs.data.feature_config.symbols, speakers=zs.data.speakers,
         adapt=info["adapt"])
     zeroshot.load_zeroshot(d)
+
+
+@pytest.mark.slow
+def test_meta_encoder_trains_from_the_zeroshot_export_and_loads_as_one(zs):
+  """``meta-fomaml-encoder`` started from the zeroshot export: it takes
+  the export's encoder and acoustic model, trains both, and its export is
+  a zeroshot export whose projection carries the folded offset."""
+  from metatts.methods import meta_encoder  # pylint: disable=g-import-not-at-top
+  c = zs.config.copy_and_resolve_references()
+  c.methods = ("meta-fomaml-encoder",)
+  c.train.init_from = os.path.join(zs.workdir, "zeroshot", "model")
+  c.train.init_from_fraction = 0.0
+  c.train.num_steps = 2
+  c.train.equal_budget = False
+  c.train.inner_steps.fomaml = 1
+  ctx = tts.context(c, zs.data, zs.workdir)
+  m = methods.get("meta-fomaml-encoder")
+  start, source = m._initial(ctx)  # pylint: disable=protected-access
+  assert source["method"] == "zeroshot"
+  for a, b in zip(jax.tree_util.tree_leaves(start),
+                  jax.tree_util.tree_leaves(zs.trained["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  out = m.train(ctx)
+  p = out["params"]
+  assert set(p) == {"acoustic", "speaker_encoder", meta_encoder.OFFSET}
+  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(p["speaker_encoder"]),
+      jax.tree_util.tree_leaves(zs.trained["params"]["speaker_encoder"])))
+  assert moved > 0.0  # the encoder learns through the query loss
+  model = adaptation.load_model(out["export"], 4)
+  assert model.zeroshot and model.info["method"] == "meta-fomaml-encoder"
+  assert model.info["new_voice"] == "encoder"
+  _, _, loaded, _ = zeroshot.load_zeroshot(out["export"])
+  for a, b in zip(jax.tree_util.tree_leaves(loaded),
+                  jax.tree_util.tree_leaves(meta_encoder.fold_offset(p))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
+                               atol=1e-7)

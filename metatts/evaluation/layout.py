@@ -43,7 +43,7 @@ import re
 from typing import Dict, Optional
 
 METHOD_FIXED = ("transfer", "multitask", "zeroshot", "scratch")
-METHOD_RE = re.compile(r"^meta-[a-z0-9][a-z0-9_]*$")
+METHOD_RE = re.compile(r"^meta-[a-z0-9][a-z0-9_]*(-[a-z0-9_]+)*$")
 RESERVED_DIRS = ("reference", "vocoded")
 SPLITS = ("heldout_seen", "heldout_unseen")
 _SHOTS_RE = re.compile(r"^shots_(\d+)$")
@@ -56,7 +56,8 @@ def check_method_key(name: str, where: str = "") -> str:
     return name
   raise ValueError(
       f"unknown method {name!r}{' in ' + where if where else ''}; method keys "
-      f"are 'meta-<algorithm>' (e.g. meta-maml, meta-reptile) or one of "
+      f"are 'meta-<algorithm>' (e.g. meta-maml, meta-reptile, "
+      f"meta-maml-encoder) or one of "
       f"{list(METHOD_FIXED)}. Rename the folder.")
 
 

@@ -11,6 +11,9 @@ multitask      ``multitask.py``         the mean of the trained speaker rows
 zeroshot       ``zeroshot.py``          the speaker encoder's vector of the
                                         clips
 meta-<alg>     ``meta_learning.py``     the meta-learned new-voice row
+meta-<alg>-    ``meta_encoder.py``      the speaker encoder's vector of the
+encoder                                 clips (zeroshot's model,
+                                        meta-learned through it)
 scratch        ``scratch.py``           the random initialization
 ============== ======================== =====================================
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from typing import Dict
 
+from metatts.methods import meta_encoder
 from metatts.methods import meta_learning
 from metatts.methods import multitask
 from metatts.methods import scratch
@@ -32,7 +36,8 @@ from metatts.methods.base import Method
 
 METHODS: Dict[str, Method] = {
     m.name: m for m in (transfer.METHOD, multitask.METHOD, zeroshot.METHOD,
-                        *meta_learning.METHODS, scratch.METHOD)}
+                        *meta_learning.METHODS, *meta_encoder.METHODS,
+                        scratch.METHOD)}
 
 
 def get(name: str) -> Method:

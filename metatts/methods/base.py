@@ -124,7 +124,8 @@ def loop_config(config, num_steps: int) -> ml_collections.ConfigDict:
       eval_every=0))
 
 
-def learner_for(learner_name: str, t, filter_name: str):
+def learner_for(learner_name: str, t, filter_name: str,
+                also: Optional[Callable] = None):
   """A ``metatts.meta`` learner from ``config.train`` (``t``).
 
   Args:
@@ -132,8 +133,14 @@ def learner_for(learner_name: str, t, filter_name: str):
       'imaml'.
     t: ``config.train``.
     filter_name: the inner loop's parameter filter.
+    also: optional ``(path, leaf) -> bool`` that a leaf must pass as well
+      to be adapted (a method's own exclusions).
   """
   pred = functional.filter_for(filter_name)
+  if also is not None:
+    named = pred
+    pred = lambda path, leaf: named(path, leaf) and also(path, leaf)  # noqa: E731
+    pred.filter_name = named.filter_name
   inner_steps = int(t.inner_steps.get(learner_name, 1))
   # How a meta-batch's tasks are laid out ("vmap" or "map"; same numbers).
   task_map = str(t.get("task_map", "vmap"))
