@@ -353,13 +353,15 @@ class Method:
 
   def init_exports(self, ctx: Context) -> tuple:
     """Steps after which this method also exports a starting point for the
-    methods of the run that start from it (init_source)."""
+    methods that start from it (init_source).
+
+    Made whenever the config names this method as the source, even if no
+    method of this run starts from it: a later run of the same workdir with
+    more methods needs it, and it cannot be made once training went past
+    that step (its checkpoints are gone).
+    """
     split = init_source(ctx.config.train)
     if split is None or split[0] != self.name:
-      return ()
-    users = [m for m in ctx.config.methods if m != self.name]
-    from metatts import methods as registry  # pylint: disable=g-import-not-at-top
-    if not any(registry.get(m).uses_init_from for m in users):
       return ()
     return (split[1],)
 
