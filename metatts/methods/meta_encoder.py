@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from metatts import functional
 from metatts.methods import base
+from metatts.methods import meta_learning
 from metatts.methods import zeroshot
 
 ALGORITHMS = ("maml", "fomaml")
@@ -90,16 +91,15 @@ def not_the_encoder(path, leaf) -> bool:
   return not keys or keys[0] != ENCODER
 
 
-class MetaEncoder(base.Method):
+class MetaEncoder(meta_learning.MetaLearned):
   """``meta-<algorithm>-encoder`` for one ``metatts.meta`` learner."""
 
-  meta_learned = True
+  slot_tasks = False  # no speaker table: the encoder gives the start
   new_voice = "encoder"
-  uses_init_from = True
 
   def __init__(self, algorithm: str):
+    super().__init__(algorithm)
     self.name = f"meta-{algorithm}-encoder"
-    self.learner_name = algorithm
 
   def learner(self, t, filter_name: str):
     return base.learner_for(self.learner_name, t, filter_name,
