@@ -534,6 +534,8 @@ def test_conv1d_causal_and_same_padding():
   np.testing.assert_array_equal(changed, [5, 6, 7, 8, 9])
   with pytest.raises(ValueError, match="'same', 'causal'"):
     layers.Conv1D(2, 3, 4, padding="valid", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="'matmul', 'conv'"):
+    layers.Conv1D(2, 3, 4, lowering="fft", rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("k,dilation,padding", [(1, 1, "same"), (4, 1, "same"),
@@ -559,6 +561,11 @@ def test_conv1d_matmul_form_equals_a_direct_convolution(k, dilation, padding):
   np.testing.assert_allclose(np.asarray(conv(x)), direct, atol=1e-5)
   np.testing.assert_allclose(np.asarray(conv(x)), np.asarray(conv.conv(x)),
                              atol=1e-5)
+  # The lax.conv lowering (an option for first-order learners) is the same
+  # function of the same parameters.
+  as_conv = layers.Conv1D(3, 4, k, padding=padding, dilation=dilation,
+                          lowering="conv", rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(np.asarray(as_conv(x)), direct, atol=1e-5)
 
   def loss(kern, apply):  # a second-order quantity, as MAML differentiates
     def inner(kk):

@@ -29,6 +29,7 @@ Array = jax.Array
 Dtype = jnp.dtype
 
 _PADDINGS = ("same", "causal")
+_CONV1D_LOWERINGS = ("matmul", "conv")
 
 
 def apply_mask(x: Array, mask: Optional[Array]) -> Array:
@@ -201,6 +202,7 @@ class Conv1D(nnx.Module):
                dtype: Optional[Dtype] = None,
                param_dtype: Dtype = jnp.float32,
                kernel_init=nnx.initializers.lecun_normal(),
+               lowering: str = "matmul",
                rngs: nnx.Rngs):
     """Builds the convolution.
 
@@ -214,8 +216,15 @@ class Conv1D(nnx.Module):
       dtype: computation dtype (None = inferred from inputs/params).
       param_dtype: parameter dtype.
       kernel_init: kernel initializer.
+      lowering: how XLA runs it: 'matmul' (one matrix product over the k
+        shifted copies of the input; see ``__call__``) or 'conv'
+        (``lax.conv_general_dilated``). Same numbers, same parameters; a
+        module attribute, so it can be changed on a built model.
       rngs: parameter initialization keys.
     """
+    if lowering not in _CONV1D_LOWERINGS:
+      raise ValueError(f"Conv1D lowering={lowering!r} is not supported; use "
+                       f"one of {_CONV1D_LOWERINGS}.")
     if padding not in _PADDINGS:
       raise ValueError(
           f"Conv1D padding={padding!r} is not supported; use one of {_PADDINGS}.")
@@ -231,6 +240,7 @@ class Conv1D(nnx.Module):
     self.kernel_size = kernel_size
     self.dilation = dilation
     self.padding = padding
+    self.lowering = lowering
     self.conv = nnx.Conv(
         in_features, out_features, kernel_size=(kernel_size,),
         padding=(pad,), kernel_dilation=(dilation,), use_bias=use_bias,
@@ -256,6 +266,8 @@ class Conv1D(nnx.Module):
     # 1 s each; with this form the base study's MAML meta-step went from 22 s
     # to 2 s (docs/benchmarks.md, "Found and fixed (session 6)").
     x = apply_mask(x, mask)
+    if self.lowering == "conv":
+      return self.conv(x)
     conv = self.conv
     bias = conv.bias[...] if conv.bias is not None else None
     x, kernel, bias = nnx_dtypes.promote_dtype(
