@@ -11,6 +11,9 @@ workload and algorithm (at 1 and 5 inner steps) it builds
   functional style of the PyTorch meta-learning libraries;
 * ``torch-compile``: ``torch.compile`` of the ``torch-func`` step (skipped
   with the reason when it fails or with ``--no-compile``);
+* ``torch-fused`` (the ``lstm`` workload only): the task loop with the LSTM
+  as ``torch.nn.LSTM``, PyTorch's own C++ kernel, instead of a cell stepped
+  in Python;
 
 checks that every system computes the same meta-update (one step with an
 SGD outer step of 1.0, i.e. the new parameters are ``θ - g``: the largest
@@ -47,7 +50,9 @@ Usage::
 (``task_map="map"``) as ``metatts-map``, beside the default layout; a
 ``+dot`` suffix (``vmap+dot``, ``map+dot``) compiles that step with
 ``metatts.meta.parallel.CPU_DOT_FUSIONS_ONLY`` (XLA's YNNPACK fusions of
-matrix products only).
+matrix products only), and a ``+conv`` suffix runs the tts-decoder's
+convolutions as ``lax.conv_general_dilated`` (``Conv1D(lowering="conv")``)
+instead of the library's one matmul over shifted copies.
 
 Both sides use every core (XLA's and PyTorch's default thread pools).
 Results: docs/benchmarks.md, "metatts against PyTorch".
@@ -154,8 +159,13 @@ def _tts_decoder(seed: int = 0):
 # The same maths on both sides: ReLU MLP with a linear output; an LSTM with
 # gates (i, f, g, o) in one matmul, zero initial state, linear read-out.
 
-def jax_loss(kind: str, names: List[str]) -> Callable:
-  """metatts ``loss_fn(params, batch) -> (loss, aux)`` on a dict of arrays."""
+def jax_loss(kind: str, names: List[str],
+             conv_lowering: str = "matmul") -> Callable:
+  """metatts ``loss_fn(params, batch) -> (loss, aux)`` on a dict of arrays.
+
+  ``conv_lowering``: the tts-decoder's ``Conv1D.lowering`` ('matmul', the
+  library's default, or 'conv': ``lax.conv_general_dilated``).
+  """
   def mlp(p, x):
     layers = len(names) // 2
     for i in range(layers):
@@ -185,10 +195,17 @@ def jax_loss(kind: str, names: List[str]) -> Callable:
     from metatts import functional  # pylint: disable=g-import-not-at-top
     (graphdef, rest, treedef), _ = _tts_decoder()
 
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    from metatts.models import layers  # pylint: disable=g-import-not-at-top
+
     def decoder(p, x):
       tree = jax.tree_util.tree_unflatten(treedef, [p[n] for n in names])
       mask = jnp.ones(x.shape[:2], bool)
-      return functional.merge(graphdef, tree, rest)(x, mask, None)
+      model = functional.merge(graphdef, tree, rest)
+      for _, module in nnx.iter_modules(model):
+        if isinstance(module, layers.Conv1D):
+          module.lowering = conv_lowering
+      return model(x, mask, None)
 
     models[kind] = decoder
   apply = models[kind]
@@ -200,8 +217,14 @@ def jax_loss(kind: str, names: List[str]) -> Callable:
   return loss_fn
 
 
-def torch_loss(kind: str, names: List[str]) -> Callable:
-  """``loss(params_tuple, x, y) -> scalar`` with the same maths as jax_loss."""
+def torch_loss(kind: str, names: List[str], fused: bool = False) -> Callable:
+  """``loss(params_tuple, x, y) -> scalar`` with the same maths as jax_loss.
+
+  ``fused``: the LSTM runs as ``torch.nn.LSTM`` (PyTorch's own C++ kernel,
+  through ``torch.func.functional_call`` with the same parameters: gate order
+  (i, f, g, o), ``weight_ih = wx.T``, ``weight_hh = wh.T``, ``bias_ih = b``,
+  ``bias_hh = 0``) instead of a cell stepped in Python.
+  """
   index = {n: i for i, n in enumerate(names)}
 
   def mlp(p, x):
@@ -226,6 +249,18 @@ def torch_loss(kind: str, names: List[str]) -> Callable:
       outs.append(h)
     return torch.stack(outs, 1) @ wo + bo
 
+  fused_lstm = {}
+
+  def lstm_fused(p, x):
+    wx, wh, b, wo, bo = (p[index[k]] for k in ("wx", "wh", "b", "wo", "bo"))
+    if "module" not in fused_lstm:
+      fused_lstm["module"] = torch.nn.LSTM(wx.shape[0], wh.shape[0],
+                                           batch_first=True)
+    weights = {"weight_ih_l0": wx.t(), "weight_hh_l0": wh.t(),
+               "bias_ih_l0": b, "bias_hh_l0": torch.zeros_like(b)}
+    hs, _ = tfunc.functional_call(fused_lstm["module"], weights, (x,))
+    return hs @ wo + bo
+
   def tts_decoder(p, x):
     get = lambda n: p[index[n]]  # noqa: E731
     h = torch.relu(x @ get("['inp']['kernel']") + get("['inp']['bias']"))
@@ -244,7 +279,8 @@ def torch_loss(kind: str, names: List[str]) -> Callable:
       h = h + torch.relu(y)
     return h @ get("['out']['kernel']") + get("['out']['bias']")
 
-  apply = {"mlp": mlp, "lstm": lstm, "tts-decoder": tts_decoder}[kind]
+  apply = {"mlp": mlp, "lstm": lstm_fused if fused else lstm,
+           "tts-decoder": tts_decoder}[kind]
 
   def loss(p, x, y):
     return torch.mean((apply(p, x) - y) ** 2)
@@ -257,12 +293,15 @@ def torch_loss(kind: str, names: List[str]) -> Callable:
 def metatts_step(kind, names, algorithm, steps, outer, task_map="vmap"):
   """A metatts learner and its step; ``task_map`` may end in ``+dot``
   (``meta.parallel.CPU_DOT_FUSIONS_ONLY``: YNNPACK fuses matrix products
-  only)."""
-  loss_fn = jax_loss(kind, names)
-  layout, _, fusions = str(task_map).partition("+")
-  if fusions not in ("", "dot"):
-    raise ValueError(f"--task_maps entry {task_map!r}: the only suffix is "
-                     "'+dot' (e.g. map+dot).")
+  only) and/or ``+conv`` (the tts-decoder's convolutions as
+  ``lax.conv_general_dilated`` instead of the library's matmul form)."""
+  layout, *suffixes = str(task_map).split("+")
+  if not set(suffixes) <= {"dot", "conv"}:
+    raise ValueError(f"--task_maps entry {task_map!r}: the suffixes are "
+                     "'+dot' and '+conv' (e.g. map+dot, vmap+conv).")
+  fusions = "dot" in suffixes
+  loss_fn = jax_loss(kind, names,
+                     conv_lowering="conv" if "conv" in suffixes else "matmul")
   layout = int(layout) if layout.isdigit() else layout
   kw = dict(inner_lr=INNER_LR, num_inner_steps=steps, outer_optimizer=outer,
             task_map=layout)
@@ -334,8 +373,12 @@ def torch_meta_grads_func(loss, algorithm, steps):
 
 
 def torch_system(loss, algorithm, steps, variant):
-  """``(init(params) -> state, step(state, data) -> state)`` with Adam."""
-  if variant == "torch-loop":
+  """``(init(params) -> state, step(state, data) -> state)`` with Adam.
+
+  ``torch-fused`` is the task loop over the ``fused`` loss (the LSTM as
+  ``torch.nn.LSTM``; ``loss`` must be built with ``torch_loss(...,
+  fused=True)``)."""
+  if variant in ("torch-loop", "torch-fused"):
     meta_grads = torch_meta_grads_loop(loss, algorithm, steps)
   else:
     meta_grads = torch_meta_grads_func(loss, algorithm, steps)
@@ -364,7 +407,6 @@ def check(workload, algorithm, steps, variants,
   """Largest |Δ| between each torch variant's meta-update and metatts's."""
   w = WORKLOADS[workload]
   names, params, data = make_workload(workload)
-  loss_t = torch_loss(w["kind"], names)
   learner, step = metatts_step(w["kind"], names, algorithm, steps,
                                optax.sgd(1.0), task_map)
   p0 = {n: jnp.asarray(p) for n, p in zip(names, params)}
@@ -375,6 +417,7 @@ def check(workload, algorithm, steps, variants,
   tdata = tuple(torch.tensor(a) for a in data)
   out = {}
   for variant in variants:
+    loss_t = torch_loss(w["kind"], names, fused=variant == "torch-fused")
     _, _, meta_grads = torch_system(loss_t, algorithm, steps, variant)
     ps = [torch.tensor(p, requires_grad=True) for p in params]
     try:
@@ -416,9 +459,9 @@ def time_systems(workload, algorithm, steps, variants, repeats,
 
     runners["metatts" if i == 0 else f"metatts-{task_map}"] = run_jax
   tdata = tuple(torch.tensor(a) for a in data)
-  loss_t = torch_loss(w["kind"], names)
   failed = {}
   for variant in variants:
+    loss_t = torch_loss(w["kind"], names, fused=variant == "torch-fused")
     init, tstep, _ = torch_system(loss_t, algorithm, steps, variant)
     tstate = init(params)
     try:
@@ -472,12 +515,15 @@ def main(argv=None):
         f"{torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
   records = []
   for workload in args.workloads.split(","):
+    # The LSTM also runs as torch.nn.LSTM, PyTorch's own kernel.
+    fused = ["torch-fused"] if WORKLOADS[workload]["kind"] == "lstm" else []
+    checked = variants[:2] + fused
     for algorithm in args.algorithms.split(","):
       for steps in (int(s) for s in args.inner_steps.split(",")):
-        diffs = check(workload, algorithm, steps, variants[:2], task_maps[0])
-        bad = [v for v in variants[:2]
+        diffs = check(workload, algorithm, steps, checked, task_maps[0])
+        bad = [v for v in checked
                if isinstance(diffs[v], str) or diffs[v] > args.atol]
-        seconds = time_systems(workload, algorithm, steps, variants,
+        seconds = time_systems(workload, algorithm, steps, variants + fused,
                                args.repeats, task_maps=task_maps)
         timed = {k: v for k, v in seconds.items() if not isinstance(v, str)}
         best = min((k for k in timed if not k.startswith("metatts")),
