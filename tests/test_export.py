@@ -85,6 +85,31 @@ def test_overwrite_replaces_and_no_extra(tiny, tmp_path):
   assert sorted(os.listdir(tmp_path / "transfer")) == ["model"]
 
 
+def test_retrained_weights_change_the_samples_fingerprint(tiny, tmp_path):
+  """Two exports with the same config and different weights must not share
+  adapted samples: model.json carries a digest of the weights (the adaptation
+  fingerprint hashes model.json), and equal weights give equal digests."""
+  from metatts.experiments import adaptation
+  config, params = tiny
+  a = _export(str(tmp_path / "a" / "model"), config, params,
+              method="transfer")
+  b = _export(str(tmp_path / "b" / "model"), config, params,
+              method="transfer")
+  nudged = jax.tree.map(lambda x: x, params)
+  nudged["speaker"]["table"]["embedding"] = (
+      params["speaker"]["table"]["embedding"] + np.float32(1e-3))
+  c = _export(str(tmp_path / "c" / "model"), config, nudged,
+              method="transfer")
+  digests = [export.read_model_json(d)["params_sha256"] for d in (a, b, c)]
+  assert digests[0] == digests[1] != digests[2]
+  assert digests[0] == export.params_digest(params, None)
+  protocol = adaptation.Protocol(
+      filter="speaker+decoder", optimizer="sgd", lr=0.01, steps=(0,),
+      shots=(1,), num_eval=1, seed=0, speaker_slot=4)
+  keys = [adaptation.fingerprint(d, [], protocol, 4) for d in (a, b, c)]
+  assert keys[0] == keys[1] != keys[2]
+
+
 def test_bad_inputs_raise_clear_errors(tiny, tmp_path):
   config, params = tiny
   with pytest.raises(FileNotFoundError, match="model.json is missing"):

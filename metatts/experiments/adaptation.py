@@ -279,7 +279,8 @@ def fingerprint(export_dir: str, speakers: Sequence[SpeakerClips],
                 protocol: Protocol, griffin_lim_iters: int,
                 seed: int = 0) -> str:
   """What a method's samples depend on: its export's ``model.json`` (which
-  records the training steps), the protocol, the clips and the vocoder."""
+  records the training steps and, since session 14, a digest of the weights,
+  ``params_sha256``), the protocol, the clips and the vocoder."""
   import hashlib  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256()
   with open(os.path.join(export_dir, "model.json"), "rb") as f:

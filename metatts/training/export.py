@@ -186,6 +186,28 @@ def _save_tree(path: str, tree: PyTree) -> None:
   ckptr.close()
 
 
+def params_digest(*trees: Optional[PyTree]) -> str:
+  """SHA-256 of parameter trees: every leaf's path, dtype, shape and bytes.
+
+  Written into ``model.json`` (``params_sha256``) so that anything keyed on
+  the export's ``model.json`` (the adaptation protocol's samples,
+  ``metatts.experiments.adaptation.fingerprint``) changes when the weights
+  do, not only when the config does: a retrained model with the same config
+  used to reuse the older model's samples.
+  """
+  import hashlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  for tree in trees:
+    if tree is None:
+      h.update(b"none")
+      continue
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      a = np.ascontiguousarray(np.asarray(leaf))
+      h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+      h.update(a.tobytes())
+  return h.hexdigest()
+
+
 def export_model(directory: str, *, method: str, model_name: str,
                  model_config: Any, params: PyTree, feature_config: Any,
                  symbols: str, speakers, adapt: Mapping[str, Any],
@@ -223,6 +245,9 @@ def export_model(directory: str, *, method: str, model_name: str,
     ValueError: bad ``adapt`` or parameters that do not fit ``model_config``.
   """
   directory = os.path.abspath(directory)
+  if trees:
+    info = dict(info or {}, trees_sha256=params_digest(
+        *(trees[name] for name in sorted(trees))))
   with atomic.staged_dir(directory) as tmp:
     write_export(tmp, method=method, model_name=model_name,
                  model_config=model_config, params=params,
@@ -259,6 +284,7 @@ def write_export(folder: str, *, method: str, model_name: str,
       "symbols": str(symbols), "speakers": [str(s) for s in speakers],
       "adapt": _check_adapt(adapt), "learned_lrs": has_extra,
       "has_extra": has_extra,
+      "params_sha256": params_digest(params, extra if has_extra else None),
   }
   if info:
     meta_info.update(json.loads(json.dumps(dict(info),
