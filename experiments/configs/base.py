@@ -39,12 +39,13 @@ PocketSphinx WER beside the real and Griffin-Lim ceilings.
 
 Training, adaptation and judging resume: a rerun continues every training
 from its newest checkpoint and adapts only the methods whose samples are
-missing, so the study can run in parts. Measured (docs/results/adaptation.md,
-"How it ran"): run in parts on a shared 2-core CPU, training took ~100 min
-(transfer beside multitask) + 52.6 (zeroshot) + 24.3 (meta-fomaml) + 55.9
-(meta-reptile) + 45.3 min (meta-maml, 29.5 CPU-min), adaptation 41 min and
-judging 77 min: well over the 2 hours aimed at for an idle machine, where
-it has not yet been timed end to end.
+missing, so the study can run in parts. Measured end to end on an idle
+2-core CPU with nothing cached (session 14, docs/results/adaptation.md,
+"Results: the whole study by one command"): **86.5 min wall** (146
+CPU-min), of which corpus and features 3.6 min, training 45 min (transfer
+beside multitask 24.3, zeroshot beside meta-maml 15.5, meta-fomaml 5.3,
+meta-reptile 4.7), adaptation 18 min and judging 18.6 min; peak memory
+3.3 GB.
 
 ``base.py:large`` is the earlier GPU-sized variant: the attention Tacotron
 at its ``base`` size (512-wide decoder LSTMs, ~50x the quickstart's), every
@@ -98,9 +99,8 @@ def get_config(arg: str = "study"):
   # PocketSphinx is the slowest judge; WER is read at 0 steps, meta@5 and
   # transfer@100, the cells the study compares.
   c.eval.wer_steps = (0, 5, 100)
-  # Measured in parts on a shared machine (see the docstring); not yet timed
-  # end to end on an idle one.
-  c.expected_minutes = 360
+  # 86.5 min measured end to end on an idle 2-core CPU (see the docstring).
+  c.expected_minutes = 90
   if arg == "large":
     c.expected_minutes = 600
     c.hardware = "a GPU (many hours on a 2-core CPU)"
