@@ -512,6 +512,38 @@ def test_unknown_task_map_names_the_choices(bad):
     meta.maml(0.1, task_map=bad)
 
 
+def test_map_layout_differentiates_each_task_inside_the_loop():
+  """With ``task_map="map"`` the meta-gradient of MAML is taken per task
+  inside the loop (``base.task_mean_grad``): the compiled step holds no
+  buffer of every task's hidden weights. Differentiating the loop from
+  outside saved values of every task, stacked [N, ...], for a backward loop
+  (docs/benchmarks.md, "Session 15"); vmap holds per-task weights by design."""
+  sizes, n, h = (8, 48, 48, 8), 4, 48  # [n, h, h] occurs only per task
+
+  def loss_fn(p, batch):
+    x, y = batch
+    for i in range(len(sizes) - 1):
+      x = x @ p[f"w{i}"] + p[f"b{i}"]
+      x = jax.nn.relu(x) if i < len(sizes) - 2 else x
+    return jnp.mean((x - y) ** 2), {}
+
+  rng = np.random.default_rng(0)
+  params = {}
+  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    params[f"w{i}"] = (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)
+    params[f"b{i}"] = np.zeros(b, np.float32)
+  x = rng.normal(size=(n, 20, sizes[0])).astype(np.float32)
+  w_task = rng.normal(size=(n, sizes[0], sizes[-1])).astype(np.float32)
+  y = np.tanh(np.einsum("npi,nio->npo", x, w_task))
+  tasks = Task(support=(x[:, :10], y[:, :10]), query=(x[:, 10:], y[:, 10:]))
+  per_task = f"f32[{n},{h},{h}]"
+  for task_map, want in (("map", False), ("vmap", True)):
+    learner = meta.maml(0.1, optax.adam(1e-3), 1, task_map=task_map)
+    hlo = jax.jit(learner.step, static_argnums=2).lower(
+        learner.init(params), tasks, loss_fn).compile().as_text()
+    assert (per_task in hlo) == want, (task_map, per_task)
+
+
 def test_compiler_options_reach_the_step_and_keep_its_numbers():
   """``make_step(compiler_options=...)`` compiles the same step with other
   XLA options: YNNPACK fusions of matrix products only, on CPU."""

@@ -153,11 +153,11 @@ def maml(
       return objective, metrics
 
     def meta_grads(fo):
-      def objective(params_extra):
-        return base.task_mean(
-            lambda s, q: task_objective(params_extra, s, q, fo),
-            tasks.support, tasks.query, task_map=task_map)
-      return jax.grad(objective, has_aux=True)((state.params, state.extra))
+      (_, metrics), grads = base.task_mean_grad(
+          lambda pe, s, q: task_objective(pe, s, q, fo),
+          (state.params, state.extra), tasks.support, tasks.query,
+          task_map=task_map)
+      return grads, metrics
 
     if first_order or first_order_steps <= 0:
       grads, metrics = meta_grads(first_order)

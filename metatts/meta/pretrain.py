@@ -54,15 +54,13 @@ def pretrain(
     base.check_tasks(tasks)
     loss = base.checked_loss(loss_fn, compute_dtype)
 
-    def objective(params):
-      def per_task(support, query):
-        s = loss(params, support)[0]
-        q = loss(params, query)[0]
-        return 0.5 * (s + q), {"support_loss_before": s, "query_loss_before": q}
-      return base.task_mean(per_task, tasks.support, tasks.query,
-                            task_map=task_map)
+    def per_task(params, support, query):
+      s = loss(params, support)[0]
+      q = loss(params, query)[0]
+      return 0.5 * (s + q), {"support_loss_before": s, "query_loss_before": q}
 
-    (value, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (value, metrics), grads = base.task_mean_grad(
+        per_task, state.params, tasks.support, tasks.query, task_map=task_map)
     grads = (grads, ())
 
     return base.apply_meta_update(opt, state, grads, dict(metrics, loss=value), "loss")
