@@ -384,6 +384,11 @@ def torch_system(loss, algorithm, steps, variant):
   else:
     meta_grads = torch_meta_grads_func(loss, algorithm, steps)
     if variant == "torch-compile":
+      # A fresh cache per row: every row compiles the same function with
+      # another closure, and after 8 of them (torch._dynamo's
+      # recompile_limit) dynamo stops compiling and runs it eagerly, which
+      # timed later rows' torch-compile as torch-func.
+      torch._dynamo.reset()  # pylint: disable=protected-access
       meta_grads = torch.compile(meta_grads)
 
   def init(params):
