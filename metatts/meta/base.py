@@ -325,12 +325,13 @@ def task_mean_grad(fn, primal, *args, task_map: TaskMap = None):
   With ``task_map="map"`` each task's gradient is taken inside the loop and
   summed as it goes. Differentiating the loop from outside instead makes
   XLA save every task's intermediate values (for MAML, its adapted weights)
-  for a backward loop: stacked buffers to fill and slice that cost 20-30 ms
-  of a 2.2M-parameter MLP's meta-step (docs/benchmarks.md, "Session 15").
-  The other layouts differentiate the mean as a whole.
+  for a backward loop: stacked buffers to fill and slice, about 40 ms of a
+  2.2M-parameter MLP's ~280-ms MAML step on a loaded machine
+  (docs/benchmarks.md, "Session 15"). The other layouts differentiate the
+  mean as a whole.
   """
-  vg = jax.value_and_grad(fn, has_aux=True)
   if check_task_map(task_map) == "map":
+    vg = jax.value_and_grad(fn, has_aux=True)
     return task_mean(lambda *a: vg(primal, *a), *args, task_map="map")
   return jax.value_and_grad(
       lambda p: task_mean(lambda *a: fn(p, *a), *args, task_map=task_map),
