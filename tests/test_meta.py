@@ -232,6 +232,70 @@ def test_reptile_update_is_theta_plus_eps_times_phi_minus_theta():
   assert_tree_close(new.params, expected)
 
 
+# ---------------------------------------------------------------- anchor term
+
+
+def np_query_grad_at_theta(params, tasks):
+  """Closed form of mean_tasks ∇L_query(θ) for the linear-regression toy."""
+  theta = np_theta(params)
+  total = sum(a_q @ theta - b_q for _, _, a_q, b_q in
+              (np_task_quantities(tasks, i) for i in range(N)))
+  return total / N
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anchor_adds_lambda_times_the_unadapted_query_gradient(first_order):
+  tasks, params, alpha, steps, lam = make_tasks(), init_params(), 0.1, 2, 0.7
+  learner = meta.maml(alpha, optax.sgd(1.0), steps, first_order=first_order,
+                      anchor_weight=lam)
+  grads, metrics = meta_gradient(learner, params, tasks)
+  plain = np_maml_grad(params, tasks, alpha, steps, first_order)
+  anchor = np_split(np_query_grad_at_theta(params, tasks))
+  expected = jax.tree.map(lambda p, a: p + lam * a, plain, anchor)
+  assert_tree_close(grads, expected)
+  # Its value is reported, and it is the unadapted query loss.
+  q_before = np.mean([linreg_loss(params, (tasks.query[0][i], tasks.query[1][i]))[0]
+                      for i in range(N)])
+  np.testing.assert_allclose(metrics["query_loss_before"], q_before, rtol=1e-5)
+  # Without the anchor the gradient is the closed form alone (the term is real).
+  grads0, _ = meta_gradient(meta.maml(alpha, optax.sgd(1.0), steps,
+                                      first_order=first_order), params, tasks)
+  assert_tree_close(grads0, plain)
+  assert np.abs(np.asarray(grads["w"]) - np.asarray(grads0["w"])).max() > 1e-3
+
+
+def test_reptile_anchor_in_the_units_of_each_part():
+  """Adapted leaves get λ·α·m·g, leaves outside the filter λ·g (closed form)."""
+  tasks, params, alpha, steps, lam, eps = make_tasks(), init_params(), 0.1, 3, 0.5, 1.0
+  only_w = lambda path, leaf: path[-1] == "w"  # noqa: E731  b stays frozen
+  learner = meta.reptile(alpha, optax.sgd(eps), steps, filter=only_w,
+                         anchor_weight=lam)
+  grads, _ = meta_gradient(learner, params, tasks)
+  theta = np_theta(params)
+  diff_w, grad_b = np.zeros((D, 1)), np.zeros((1,))
+  for i in range(N):
+    a_s, b_s, a_q, b_q = np_task_quantities(tasks, i)
+    phi = theta.copy()
+    for _ in range(steps):  # only w moves: the b row of the update is dropped
+      step = alpha * (a_s @ phi - b_s)
+      step[D:] = 0.0
+      phi = phi - step
+    diff_w += (theta - phi)[:D] / N
+    grad_b += (a_q @ phi - b_q)[D:, 0] / N
+  g = np_query_grad_at_theta(params, tasks)
+  expected = {"w": diff_w + lam * alpha * steps * g[:D],
+              "b": grad_b + lam * g[D:, 0]}
+  assert_tree_close(grads, expected)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "x"])
+def test_bad_anchor_weight_names_the_fix(bad):
+  with pytest.raises(ValueError, match="anchor_weight.*>= 0"):
+    meta.maml(anchor_weight=bad)
+  with pytest.raises(ValueError, match="anchor_weight.*>= 0"):
+    meta.reptile(anchor_weight=bad)
+
+
 # ---------------------------------------------------------------- iMAML
 
 

@@ -247,7 +247,20 @@ def test_set_slot_to_mean_and_clip_passes():
   t = tts.default_config().train  # N=4, K=5, Q=5
   assert tts.clip_passes("transfer", t, 10) == 10 * 4 * 10
   assert tts.clip_passes("meta-fomaml", t, 10) == 10 * 4 * (5 + 5)
+  # Reptile: 3 support passes, and one query pass for the gradient of the
+  # parameters the filter (speaker+decoder) leaves out of the inner loop.
+  assert tts.clip_passes("meta-reptile", t, 10) == 10 * 4 * (5 * 3 + 5)
+  t.filter = "all"  # no such parameters: no query pass
   assert tts.clip_passes("meta-reptile", t, 10) == 10 * 4 * 5 * 3
+  t.filter = "speaker+decoder"
+  # The anchor term: one more query pass per task.
+  t.anchor_weight = 1.0
+  assert tts.clip_passes("meta-fomaml", t, 10) == 10 * 4 * (5 + 5 + 5)
+  assert tts.clip_passes("meta-reptile", t, 10) == 10 * 4 * (5 * 3 + 5 + 5)
+  assert tts.clip_passes("transfer", t, 10) == 10 * 4 * 10  # unchanged
+  with pytest.raises(ValueError, match="anchor_weight"):
+    tts.make_learner("meta-imaml", t, "all")
+  t.anchor_weight = 0.0
   with pytest.raises(ValueError, match="known methods"):
     tts.make_learner("meta-foo", t, "all")
   # The NaN/Inf guard of the loop gets the run's threshold.
@@ -268,8 +281,9 @@ def test_equal_budget_steps():
   t.inner_steps.fomaml = 5  # 4 x (5 x 5 + 5) = 120 passes per meta-step
   assert tts.steps_for_budget("meta-fomaml", t) == 50
   assert tts.clip_passes("meta-fomaml", t, 50) == budget
-  assert tts.steps_for_budget("meta-reptile", t) == 100  # 4 x 5 x 3 = 60
-  assert tts.clip_passes("meta-reptile", t, 100) == budget
+  # 4 x (5 x 3 + 5) = 80 (the query pass of the parameters outside the filter)
+  assert tts.steps_for_budget("meta-reptile", t) == 75
+  assert tts.clip_passes("meta-reptile", t, 75) == budget
   t.num_steps = 1
   assert tts.steps_for_budget("meta-fomaml", t) == 1  # never 0
   t.num_steps = 150

@@ -65,6 +65,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.meta_outer_lr = 0.0
   c.train.inner_steps = ml_collections.ConfigDict(
       {"maml": 1, "fomaml": 1, "metasgd": 1, "reptile": 3, "imaml": 3})
+  # λ of the meta-learners' anchor term: the meta-objective plus λ times the
+  # query loss at the unadapted start (metatts.meta.maml / reptile), so that
+  # the start also speaks unadapted. 0 = off. It costs one query pass per
+  # task, which the equal budget counts.
+  c.train.anchor_weight = 0.0
   c.train.reptile_epsilon = 0.5
   # Reptile's outer update: "sgd" is theta <- theta + epsilon * mean(phi -
   # theta); "adam" feeds the pseudo-gradient theta - mean(phi) to Adam at

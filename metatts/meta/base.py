@@ -274,6 +274,19 @@ def check_task_map(task_map: TaskMap) -> TaskMap:
       "other).")
 
 
+def check_anchor_weight(anchor_weight) -> float:
+  """Validates an ``anchor_weight`` (λ ≥ 0, finite) and returns it as a float."""
+  try:
+    value = float(anchor_weight)
+  except (TypeError, ValueError):
+    value = float("nan")
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(
+        f"anchor_weight={anchor_weight!r}; use a finite number >= 0 (0 turns "
+        "the anchor term off).")
+  return value
+
+
 def task_mean(fn, *args, task_map: TaskMap = None):
   """Runs ``fn`` on every task along the leading axis of ``args`` and
   averages its outputs over the tasks.

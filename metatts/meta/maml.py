@@ -63,6 +63,7 @@ def maml(
     extra_metrics: bool = False,
     unroll: Optional[bool] = None,
     task_map: base.TaskMap = None,
+    anchor_weight: float = 0.0,
 ) -> base.MetaLearner:
   """Model-Agnostic Meta-Learning.
 
@@ -103,6 +104,12 @@ def maml(
     task_map: how the tasks of a meta-batch are laid out: ``None``/``"vmap"``
       (one batch), ``"map"`` (one after the other) or an int chunk size
       (``metatts.meta.base.task_mean``).
+    anchor_weight: λ ≥ 0 of an anchor term: the meta-objective becomes
+      ``L_query(φ) + λ·L_query(θ)``, so the initialization must also do the
+      task unadapted (pre-training's loss beside MAML's). It keeps the
+      unadapted start from drifting to one that only works after the inner
+      steps. One more forward/backward over the query clips per task; its
+      value is reported as ``query_loss_before``.
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -117,6 +124,7 @@ def maml(
     inner_optimizer = optax.sgd(1.0 if learn_inner_lr else inner_lr)
   per_step = learn_inner_lr == "per_step_per_layer"
   base.check_task_map(task_map)
+  anchor_weight = base.check_anchor_weight(anchor_weight)
 
   def init(params):
     partition = base.make_partition(params, filter)
@@ -146,9 +154,14 @@ def maml(
         objective = q_after
       metrics = {"query_loss_after": q_after,
                  "support_loss_before": result.support_losses[0]}
+      sg = jax.lax.stop_gradient
+      if anchor_weight:
+        q_before = loss(params, query)[0]
+        objective = objective + anchor_weight * q_before
+        metrics["query_loss_before"] = sg(q_before)
       if extra_metrics:
-        sg = jax.lax.stop_gradient
-        metrics["query_loss_before"] = loss(sg(params), query)[0]
+        if not anchor_weight:
+          metrics["query_loss_before"] = loss(sg(params), query)[0]
         metrics["support_loss_after"] = loss(sg(result.params), support)[0]
       return objective, metrics
 

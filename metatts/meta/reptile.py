@@ -28,6 +28,7 @@ def reptile(
     unroll: Optional[bool] = None,
     task_map: base.TaskMap = None,
     extra_metrics: bool = False,
+    anchor_weight: float = 0.0,
 ) -> base.MetaLearner:
   """Reptile: move the initialization towards the task-adapted parameters.
 
@@ -58,6 +59,15 @@ def reptile(
       support loss after it (two extra forward passes per task). The step's
       own values are ``support_loss_before`` and ``query_loss_after`` (the
       reported ``loss``).
+    anchor_weight: λ ≥ 0 of an anchor term, as in ``maml``: the gradient
+      ``g = ∇L_query(θ)`` of the query loss at the unadapted start is added
+      to the pseudo-gradient in the units of each part, ``λ·α·m·g`` on the
+      adapted leaves (``α·m·g`` is the displacement of ``m`` SGD steps of
+      rate ``α`` along ``g``, the units of ``θ − φ``) and ``λ·g`` on the
+      others (whose pseudo-gradient is already a query gradient). With
+      ``inner_optimizer`` given, ``α`` is ``inner_lr``. One more
+      forward/backward over the query clips per task; its value is reported
+      as ``query_loss_before``.
 
   Returns:
     A :class:`metatts.meta.MetaLearner`.
@@ -67,6 +77,7 @@ def reptile(
   outer = outer_optimizer if outer_optimizer is not None else optax.sgd(1.0)
   inner = inner_optimizer if inner_optimizer is not None else optax.sgd(inner_lr)
   base.check_task_map(task_map)
+  anchor_weight = base.check_anchor_weight(anchor_weight)
 
   def init(params):
     base.make_partition(params, filter)  # validates the filter early
@@ -93,16 +104,29 @@ def reptile(
             partition.split(phi)[1])
       metrics = {"query_loss_after": q_after,
                  "support_loss_before": result.support_losses[0]}
+      if anchor_weight:
+        q_before, anchor = jax.value_and_grad(lambda p: loss(p, query)[0])(
+            theta)
+        metrics["query_loss_before"] = q_before
+      else:
+        anchor = ()
+        if extra_metrics:
+          metrics["query_loss_before"] = loss(theta, query)[0]
       if extra_metrics:
-        metrics["query_loss_before"] = loss(theta, query)[0]
         metrics["support_loss_after"] = loss(phi, support)[0]
-      return phi, frozen_grads, metrics
+      return phi, frozen_grads, anchor, metrics
 
-    mean_phi, frozen_grads, metrics = base.task_mean(
+    mean_phi, frozen_grads, anchor, metrics = base.task_mean(
         per_task, tasks.support, tasks.query, task_map=task_map)
     # Pseudo-gradient: θ − φ̄ on adapted leaves, query gradient on the others.
     diff = jax.tree.map(lambda t, p: t - p, theta, mean_phi)
     adapted_diff, _ = partition.split(diff)
+    if anchor_weight:
+      anchor_adapted, anchor_frozen = partition.split(anchor)
+      scale = anchor_weight * inner_lr * num_inner_steps
+      adapted_diff = [d + scale * g for d, g in zip(adapted_diff, anchor_adapted)]
+      frozen_grads = [f + anchor_weight * g
+                      for f, g in zip(frozen_grads, anchor_frozen)]
     grads = (partition.combine(adapted_diff, frozen_grads), ())
 
     return base.apply_meta_update(outer, state, grads, metrics)

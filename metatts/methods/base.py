@@ -152,6 +152,13 @@ def learner_for(learner_name: str, t, filter_name: str,
   # The MAML family's outer Adam rate: ``meta_outer_lr`` when set (> 0),
   # e.g. a smaller rate for meta-training started from a pre-trained export.
   outer_lr = float(t.get("meta_outer_lr", 0.0) or t.outer_lr)
+  anchor = float(t.get("anchor_weight", 0.0) or 0.0)
+  if anchor:
+    if learner_name not in ANCHORED:
+      raise ValueError(
+          f"config.train.anchor_weight={anchor} is for the learners "
+          f"{ANCHORED}, not {learner_name!r}; set it to 0 for this method.")
+    kw["anchor_weight"] = anchor
   if learner_name == "reptile":
     # "sgd": the interpolation theta + epsilon * (phi - theta). "adam": the
     # pseudo-gradient through Adam, as for the MAML family (Nichol et al.
@@ -171,17 +178,28 @@ def learner_for(learner_name: str, t, filter_name: str,
                           extra_metrics=False, **kw)
 
 
+# The learners that take ``config.train.anchor_weight``.
+ANCHORED = ("maml", "fomaml", "metasgd", "reptile")
+
+
 def clip_passes(learner_name: Optional[str], t, num_steps: int) -> int:
-  """Clip forward/backward passes of ``num_steps`` steps of a learner."""
+  """Clip forward/backward passes of ``num_steps`` steps of a learner.
+
+  Reptile passes over the query clips too when the filter leaves parameters
+  out of the inner loop (their query gradient at the adapted parameters);
+  the anchor term (``t.anchor_weight`` > 0) adds one query pass per task.
+  """
   if learner_name is None:
     return 0
   n, k, q = int(t.num_tasks), int(t.num_support), int(t.num_query)
   if learner_name == "pretrain":
     return num_steps * n * (k + q)
   m = int(t.inner_steps.get(learner_name, 1))
+  anchor = n * q if float(t.get("anchor_weight", 0.0) or 0.0) else 0
   if learner_name == "reptile":
-    return num_steps * n * k * m
-  return num_steps * n * (k * m + q)
+    partial = "all" not in [p.strip() for p in str(t.filter).split("+")]
+    return num_steps * (n * k * m + (n * q if partial else 0) + anchor)
+  return num_steps * (n * (k * m + q) + anchor)
 
 
 def steps_for_budget(learner_name: Optional[str], t) -> int:
