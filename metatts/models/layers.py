@@ -284,7 +284,13 @@ class Conv1D(nnx.Module):
                                 i * self.dilation + length, axis=x.ndim - 2)
            for i in range(self.kernel_size)], axis=-1)
     k, c_in, c_out = kernel.shape
-    y = jnp.dot(taps, kernel.reshape(k * c_in, c_out))
+    # A 2-D product ([B*T, k*C_in] @ [k*C_in, C_out]): the transposes that
+    # autodiff writes for a 3-D one contract two dimensions at once, which
+    # XLA's CPU backend runs as physical transposes of the taps (the
+    # [k*C_in, B*T] copies of every weight gradient).
+    lead = taps.shape[:-1]
+    y = jnp.dot(taps.reshape(-1, k * c_in),
+                kernel.reshape(k * c_in, c_out)).reshape(*lead, c_out)
     return y if bias is None else y + bias
 
 
