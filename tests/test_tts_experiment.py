@@ -260,6 +260,7 @@ def test_set_slot_to_mean_and_clip_passes():
   assert tts.clip_passes("transfer", t, 10) == 10 * 4 * 10  # unchanged
   with pytest.raises(ValueError, match="anchor_weight"):
     tts.make_learner("meta-imaml", t, "all")
+  tts.make_learner("transfer", t, "all")  # pre-training: no anchor, no error
   t.anchor_weight = 0.0
   with pytest.raises(ValueError, match="known methods"):
     tts.make_learner("meta-foo", t, "all")
@@ -358,3 +359,37 @@ def test_voice_notebook_runs_headless_on_the_smoke_run(smoke, tmp_path):
   assert found["voices/heldout/voice.json"] == 0o640
   loose = {p: m for p, m in found.items() if m & 0o007}
   assert not loose, loose  # nothing for "other" under umask 027
+
+
+def test_meta_clip_norm_clips_the_outer_update_to_that_norm():
+  """With Reptile's SGD outer step (epsilon 1) the update is the clipped
+  pseudo-gradient: its global norm is meta_clip_norm when the raw one is
+  larger, and the raw one (reported as grad_norm) is unchanged."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from metatts.types import Task  # pylint: disable=g-import-not-at-top
+  t = tts.default_config().train
+  t.reptile_outer, t.reptile_epsilon, t.inner_lr = "sgd", 1.0, 0.5
+  t.inner_steps.reptile = 2
+
+  def loss_fn(params, batch):
+    x, y = batch
+    return 0.5 * jnp.mean((x @ params["w"] - y) ** 2), {}
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+  tasks = Task(support=(x, 5.0 * x.sum(-1)), query=(x, 5.0 * x.sum(-1)))
+  params = {"w": jnp.zeros(3)}
+
+  def update(clip):
+    t.meta_clip_norm = clip
+    learner = tts.make_learner("meta-reptile", t, "all")
+    state = learner.init(params)
+    new, metrics = learner.step(state, tasks, loss_fn)
+    return float(jnp.linalg.norm(new.params["w"])), float(metrics["grad_norm"])
+
+  raw, raw_norm = update(0.0)
+  assert raw > 1.0 and abs(raw - raw_norm) < 1e-4 * raw
+  clipped, reported = update(0.25)
+  assert abs(clipped - 0.25) < 1e-5
+  assert abs(reported - raw_norm) < 1e-4 * raw_norm
+  t.meta_clip_norm = 0.0

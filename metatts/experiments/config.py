@@ -70,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the start also speaks unadapted. 0 = off. It costs one query pass per
   # task, which the equal budget counts.
   c.train.anchor_weight = 0.0
+  # Clip the meta-learners' meta-gradient to this global norm before their
+  # outer optimizer (pre-training is not clipped). 0 = off.
+  c.train.meta_clip_norm = 0.0
   c.train.reptile_epsilon = 0.5
   # Reptile's outer update: "sgd" is theta <- theta + epsilon * mean(phi -
   # theta); "adam" feeds the pseudo-gradient theta - mean(phi) to Adam at

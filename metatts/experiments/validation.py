@@ -476,6 +476,7 @@ def tts_rules() -> Dict[str, Any]:
       "train.inner_steps": Mapping_(_check_inner_steps,
                                     "e.g. {'fomaml': 1, 'reptile': 3}"),
       "train.anchor_weight": Float(0.0, open_lo=False),
+      "train.meta_clip_norm": Float(0.0, open_lo=False),
       "train.reptile_epsilon": Float(0.0, hi=1.0),
       "train.reptile_outer": Str(_reptile_outers),
       "train.task_map": Str(_task_maps),

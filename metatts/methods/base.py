@@ -152,7 +152,18 @@ def learner_for(learner_name: str, t, filter_name: str,
   # The MAML family's outer Adam rate: ``meta_outer_lr`` when set (> 0),
   # e.g. a smaller rate for meta-training started from a pre-trained export.
   outer_lr = float(t.get("meta_outer_lr", 0.0) or t.outer_lr)
+  # Meta-gradients clipped to a global norm before the outer optimizer
+  # (``meta_clip_norm`` > 0): second-order MAML's spiked to 1e5-6e5 in a
+  # base-study run (docs/results/adaptation.md, session 16). The reported
+  # ``grad_norm`` is the norm before clipping.
+  clip = float(t.get("meta_clip_norm", 0.0) or 0.0)
+
+  def clipped(opt):
+    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip else opt
+
   anchor = float(t.get("anchor_weight", 0.0) or 0.0)
+  # (Pre-training returned above: its loss is already the unadapted one.
+  # iMAML's implicit gradient has no place for the term.)
   if anchor:
     if learner_name not in ANCHORED:
       raise ValueError(
@@ -166,15 +177,15 @@ def learner_for(learner_name: str, t, filter_name: str,
     # query gradient through the same optimizer, so with a filter "sgd"
     # makes epsilon their learning rate (0.5 diverged in the base study).
     if str(t.get("reptile_outer", "sgd")) == "adam":
-      return meta.reptile(outer_optimizer=optax.adam(outer_lr), **kw)
-    return meta.reptile(outer_optimizer=optax.sgd(float(t.reptile_epsilon)),
-                        **kw)
+      return meta.reptile(outer_optimizer=clipped(optax.adam(outer_lr)), **kw)
+    return meta.reptile(
+        outer_optimizer=clipped(optax.sgd(float(t.reptile_epsilon))), **kw)
   if learner_name == "imaml":
-    return meta.imaml(outer_optimizer=optax.adam(outer_lr),
+    return meta.imaml(outer_optimizer=clipped(optax.adam(outer_lr)),
                       lam=float(t.imaml_lam), cg_steps=int(t.imaml_cg_steps),
                       **kw)
   return meta.get_learner(learner_name,
-                          outer_optimizer=optax.adam(outer_lr),
+                          outer_optimizer=clipped(optax.adam(outer_lr)),
                           extra_metrics=False, **kw)
 
 
