@@ -208,7 +208,8 @@ def clip_passes(learner_name: Optional[str], t, num_steps: int) -> int:
   m = int(t.inner_steps.get(learner_name, 1))
   anchor = n * q if float(t.get("anchor_weight", 0.0) or 0.0) else 0
   if learner_name == "reptile":
-    partial = "all" not in [p.strip() for p in str(t.filter).split("+")]
+    groups = str(t.get("filter", "all")).split("+")
+    partial = "all" not in [g.strip() for g in groups]
     return num_steps * (n * k * m + (n * q if partial else 0) + anchor)
   return num_steps * (n * (k * m + q) + anchor)
 
