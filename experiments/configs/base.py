@@ -89,6 +89,11 @@ def get_config(arg: str = "study"):
   # meta-steps skipped for NaN/Inf, support loss 2e14; docs/results/
   # adaptation.md).
   c.train.reptile_outer = "adam"
+  # Meta-gradients clipped to global norm 5 (their norm is 1-3 on most
+  # meta-steps): second-order MAML's spiked to 4e5-6e5 in a session-16 run
+  # and ended below transfer@5; with the clip it had its best run
+  # (docs/results/adaptation.md, session 16).
+  c.train.meta_clip_norm = 5.0
   c.adapt.shots = (1, 5)
   c.adapt.steps = (0, 5, 10, 20, 50, 100)
   c.adapt.max_speakers = 12
