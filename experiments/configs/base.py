@@ -45,7 +45,10 @@ missing, so the study can run in parts. Measured end to end on an idle
 CPU-min), of which corpus and features 3.6 min, training 45 min (transfer
 beside multitask 24.3, zeroshot beside meta-maml 15.5, meta-fomaml 5.3,
 meta-reptile 4.7), adaptation 18 min and judging 18.6 min; peak memory
-3.3 GB.
+3.3 GB. Since session 16 the equal budget counts Reptile's pass over the
+query clips (500 meta-steps instead of 667, whose clip passes were 1.33x
+the others') and the meta-gradients are clipped at norm 5; the end-to-end
+time was measured before these changes (Reptile now trains a quarter less).
 
 ``base.py:large`` is the earlier GPU-sized variant: the attention Tacotron
 at its ``base`` size (512-wide decoder LSTMs, ~50x the quickstart's), every
