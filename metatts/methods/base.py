@@ -153,7 +153,7 @@ def learner_for(learner_name: str, t, filter_name: str,
   # e.g. a smaller rate for meta-training started from a pre-trained export.
   outer_lr = float(t.get("meta_outer_lr", 0.0) or t.outer_lr)
   # Meta-gradients clipped to a global norm before the outer optimizer
-  # (``meta_clip_norm`` > 0): second-order MAML's spiked to 1e5-6e5 in a
+  # (``meta_clip_norm`` > 0): second-order MAML's spiked to 5.6e5 in a
   # base-study run (docs/results/adaptation.md, session 16). The reported
   # ``grad_norm`` is the norm before clipping.
   clip = float(t.get("meta_clip_norm", 0.0) or 0.0)
