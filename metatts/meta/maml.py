@@ -159,9 +159,9 @@ def maml(
         q_before = loss(params, query)[0]
         objective = objective + anchor_weight * q_before
         metrics["query_loss_before"] = sg(q_before)
+      elif extra_metrics:
+        metrics["query_loss_before"] = loss(sg(params), query)[0]
       if extra_metrics:
-        if not anchor_weight:
-          metrics["query_loss_before"] = loss(sg(params), query)[0]
         metrics["support_loss_after"] = loss(sg(result.params), support)[0]
       return objective, metrics
 

@@ -104,14 +104,13 @@ def reptile(
             partition.split(phi)[1])
       metrics = {"query_loss_after": q_after,
                  "support_loss_before": result.support_losses[0]}
+      anchor = ()
       if anchor_weight:
         q_before, anchor = jax.value_and_grad(lambda p: loss(p, query)[0])(
             theta)
         metrics["query_loss_before"] = q_before
-      else:
-        anchor = ()
-        if extra_metrics:
-          metrics["query_loss_before"] = loss(theta, query)[0]
+      elif extra_metrics:
+        metrics["query_loss_before"] = loss(theta, query)[0]
       if extra_metrics:
         metrics["support_loss_after"] = loss(phi, support)[0]
       return phi, frozen_grads, anchor, metrics
